@@ -1,0 +1,172 @@
+"""`reverse-align <stage> --key value`: the console command behind every entry point.
+
+Each stage declares its parameters once, here. A parameter either sets a config
+field (``--epochs`` -> ``sft.epochs``) or is passed to the stage function.
+An empty value means "keep the preset's", so MLproject defaults can be empty.
+Unknown flags are an error (exit 2), like a misspelled config key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from reverse_align.errors import UserError
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    help: str
+    # "section.field" of the config this parameter sets; None = a stage argument.
+    config: str | None = None
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    target: str  # "module:function"
+    help: str
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+
+PRESET = Param("preset", "preset name (configs/<name>.yaml) or a YAML path", default="tiny")
+SEED = Param("seed", "random seed", config="data.seed")
+
+STAGES: dict[str, Stage] = {
+    "data": Stage(
+        "reverse_align.data.stage:run_data",
+        "forward set, held-out tests and probe set",
+        (
+            PRESET,
+            Param("source", "synthetic, a local .jsonl/.parquet of s1K, or an HF dataset id", config="data.source"),
+            Param("limit", "keep the first N forward items (0 = all)", config="data.limit"),
+            SEED,
+        ),
+    ),
+    "pretrain": Stage(
+        "reverse_align.train.pretrain:run_pretrain",
+        "build the tiny base model from scratch (tiny presets)",
+        (PRESET, SEED, Param("force", "rebuild even if registered", default="false")),
+    ),
+    "invert": Stage(
+        "reverse_align.data.invert:run_invert",
+        "reverse set from a data run",
+        (
+            PRESET,
+            Param("data_run_id", "finished data run"),
+            Param("teacher", "synthetic or an OpenAI-compatible model name", config="invert.teacher"),
+            Param("base_url", "OpenAI-compatible endpoint", config="invert.base_url"),
+            Param("concurrency", "requests in flight", config="invert.concurrency"),
+            Param("limit", "invert the first N forward items (0 = all)"),
+            Param("api_key", "teacher API key (default: OPENAI_API_KEY or DEEPSEEK_API_KEY)"),
+            Param("run_id", "resume this invert run"),
+        ),
+    ),
+    "sft": Stage(
+        "reverse_align.train.sft:run_sft",
+        "LoRA SFT",
+        (
+            PRESET,
+            Param("data_run_id", "finished invert run"),
+            Param("mix", "forward, reverse, mixed or mixed_half", default="forward"),
+            Param("epochs", "training epochs", config="sft.epochs"),
+            SEED,
+            Param("num_processes", "data-parallel processes", config="sft.num_processes"),
+            Param("run_id", "resume this sft run"),
+        ),
+    ),
+    "dpo": Stage(
+        "reverse_align.train.dpo:run_dpo",
+        "DPO with the SFT model as frozen reference",
+        (
+            PRESET,
+            Param("sft_run_id", "finished sft run (empty: direct DPO from the base model)"),
+            Param("data_run_id", "finished invert run"),
+            Param("beta", "DPO beta", config="dpo.beta"),
+            Param("max_steps", "optimizer steps", config="dpo.max_steps"),
+            Param("direction", "both, forward or reverse", default="both"),
+            SEED,
+            Param("num_processes", "data-parallel processes", config="dpo.num_processes"),
+            Param("run_id", "resume this dpo run"),
+        ),
+    ),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (INTERFACE.md)
+        raise UserError(message)
+
+
+def make_parser(stage_name: str) -> argparse.ArgumentParser:
+    stage = STAGES[stage_name]
+    parser = _Parser(prog=f"reverse-align {stage_name}", description=stage.help, allow_abbrev=False)
+    for param in stage.params:
+        parser.add_argument(f"--{param.name}", default=param.default, help=param.help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override section.key=value (repeatable; spaces separate several)",
+    )
+    return parser
+
+
+def run_stage(stage_name: str, argv: list[str]) -> None:
+    from reverse_align.config import load_config, set_field
+
+    stage = STAGES[stage_name]
+    args = vars(make_parser(stage_name).parse_args(argv))
+    overrides = [item for chunk in args.pop("overrides") for item in chunk.split()]
+    cfg = load_config(args.pop("preset", "tiny") or "tiny", overrides)
+    kwargs = {}
+    for param in stage.params:
+        if param.name not in args:
+            continue
+        value = args[param.name]
+        if param.config:
+            if value != "":
+                set_field(cfg, param.config, value)
+        else:
+            kwargs[param.name] = value
+    module_name, func_name = stage.target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    func(cfg, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: reverse-align <stage> [--key value ...]\nstages:")
+        for name, stage in STAGES.items():
+            print(f"  {name:10s} {stage.help}")
+        return 0 if argv else 2
+    stage_name, rest = argv[0], argv[1:]
+    try:
+        if stage_name not in STAGES:
+            raise UserError(f"unknown stage {stage_name!r}; valid stages: {', '.join(STAGES)}")
+        run_stage(stage_name, rest)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def entrypoint(stage_name: str) -> None:
+    """`python entrypoints/<stage>.py --key value` (what MLproject runs)."""
+    sys.exit(main([stage_name, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Study configuration: dataclasses loaded strictly from YAML presets.
+
+A preset file (``configs/<name>.yaml``) holds one mapping per section below.
+Every key must be a field of its section: an unknown or misspelled key is a
+:class:`UserError` that lists the valid ones. ``extends: <preset>`` starts from
+another preset. Command-line overrides use ``section.field=value``.
+
+Fields that come from the paper cite it: "A.4.1" is the paper's appendix
+section, "PROTOCOL §2" the matching section of ``shared/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reverse_align.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass
+class ModelConfig:
+    # Hugging Face id or local directory of the base model. The special value
+    # "tiny-base" means the registered tiny model built by the `pretrain` stage.
+    name: str = "tiny-base"
+    # Weights dtype for training and inference: float32 (CPU), bfloat16 (A.4.1: bf16).
+    dtype: str = "float32"
+    # "sdpa", "eager" or "flash_attention_2" (A.4.1 trains with flash attention).
+    attn_implementation: str = "sdpa"
+    # Recompute activations in the backward pass (A.4.1, GPU presets).
+    gradient_checkpointing: bool = False
+    # Max tokens of one training example (A.4.1: 20,000). Also the limit above
+    # which an s1K DeepSeek trace is replaced by the Gemini one (PROTOCOL §1).
+    max_length: int = 20000
+
+
+@dataclass
+class DataConfig:
+    # "synthetic", a local .jsonl/.parquet path, or an HF dataset id (PROTOCOL §1: simplescaling/s1K-1.1).
+    source: str = "synthetic"
+    # Keep only the first `limit` forward items (0 = all).
+    limit: int = 0
+    # Seed of the synthetic world and of any sampling.
+    seed: int = 0
+    # Probe set size: the N forward items with the fewest tokens (§3.2: 50).
+    probe_size: int = 50
+
+
+@dataclass
+class SyntheticConfig:
+    # Forward training problems (each gets an exact reverse).
+    n_train: int = 1000
+    # Held-out test problems per direction.
+    n_test: int = 200
+    # Operations per problem, inclusive range.
+    min_steps: int = 2
+    max_steps: int = 3
+    # Every intermediate value stays in [0, max_value].
+    max_value: int = 99
+    # Add/subtract operands are drawn from [1, max_addend].
+    max_addend: int = 9
+    # Multipliers are drawn from [2, max_multiplier].
+    max_multiplier: int = 3
+
+
+@dataclass
+class PretrainConfig:
+    # Qwen2 architecture of the tiny base model (tiny presets only).
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    # Optimisation of the from-scratch pretraining on single arithmetic steps.
+    steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    # Lines of arithmetic facts packed into one pretraining sequence.
+    facts_per_sequence: int = 8
+    # Register the model under this name and reuse it when present.
+    registered_model: str = "reverse-align-tiny-base"
+
+
+@dataclass
+class InvertConfig:
+    # "synthetic" (exact inverse, no API) or an OpenAI-compatible model name (PROTOCOL §1: DeepSeek-R1).
+    teacher: str = "synthetic"
+    # OpenAI-compatible endpoint; empty = OPENAI_BASE_URL or the client default.
+    base_url: str = ""
+    # Requests in flight at once.
+    concurrency: int = 16
+    # Seconds before a request is abandoned and retried.
+    timeout: float = 600.0
+    # Retries per request on 429, 5xx, timeouts and dropped connections.
+    max_retries: int = 8
+    # Stop cleanly after this many requests / total tokens (0 = no cap).
+    max_requests: int = 0
+    max_tokens_total: int = 0
+    # Max completion tokens per teacher request.
+    max_completion_tokens: int = 16384
+    # Sampling temperature of the teacher.
+    temperature: float = 0.6
+    # Template files (empty = the shipped paper templates, appendix A.1).
+    reverse_template: str = ""
+    solution_template: str = ""
+    # USD per million prompt / completion tokens, for the cost estimate.
+    price_prompt_per_million: float = 0.55
+    price_completion_per_million: float = 2.19
+
+
+@dataclass
+class LoraConfig:
+    # A.4.1: r=256, alpha=512, q/k/v/o/gate/up/down projections and lm_head.
+    r: int = 256
+    alpha: int = 512
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+    )
+
+
+@dataclass
+class SFTConfig:
+    # A.4.1 values are the defaults.
+    epochs: float = 10
+    learning_rate: float = 3e-4
+    lr_scheduler: str = "cosine_with_restarts"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 1e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    # "adamw_8bit" = bitsandbytes 8-bit AdamW (A.4.1); "adamw_torch" on CPU.
+    optim: str = "adamw_8bit"
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    bf16: bool = True
+    # Save a checkpoint every N epochs (0 = only the final adapter).
+    save_every_epochs: int = 1
+    # Padding-free batching: exact for per-token loss, no pad tokens computed.
+    padding_free: bool = True
+    # Processes for data parallelism (A.4.1: 4 GPUs for 7B, 8 for 14B).
+    num_processes: int = 1
+    # DeepSpeed config for multi-GPU runs (A.4.1: ZeRO-3); ignored on CPU.
+    deepspeed: str = ""
+    logging_steps: int = 1
+
+
+@dataclass
+class DPOConfig:
+    # §4.2, A.4.2: beta 0.6 (swept 0.1-0.8), lr 5e-7 cosine, 200 steps, batch 1, accumulation 4, bf16.
+    beta: float = 0.6
+    learning_rate: float = 5e-7
+    lr_scheduler: str = "cosine"
+    max_steps: int = 200
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    bf16: bool = True
+    # A.4.2: max prompt 600 tokens, max length 20,000 tokens.
+    max_prompt_length: int = 600
+    max_length: int = 20000
+    warmup_ratio: float = 0.0
+    optim: str = "adamw_torch"
+    # Compute the reference log-probs once before training.
+    precompute_ref_log_probs: bool = False
+    # Save a checkpoint every N steps (0 = only the final adapter).
+    save_every_steps: int = 50
+    num_processes: int = 1
+    deepspeed: str = ""
+    logging_steps: int = 1
+
+
+@dataclass
+class ProbeConfig:
+    # §3.2 / §4.4: SFT 12 epochs evaluated every 2; DPO 7 epochs evaluated every epoch, beta 0.2.
+    sft_epochs: int = 12
+    sft_eval_every: int = 2
+    dpo_epochs: int = 7
+    dpo_beta: float = 0.2
+    # ALP responses capped at 1,000 tokens (A.1).
+    max_response_tokens: int = 1000
+
+
+@dataclass
+class EvalConfig:
+    # PROTOCOL §5: AIME24-nofigures, MATH500, GPQA diamond; greedy decoding.
+    benchmarks: list[str] = field(default_factory=lambda: ["aime24", "math500", "gpqa"])
+    max_new_tokens: int = 32768
+    # "math-verify" or an OpenAI model name used as the answer judge (§4.1: gpt-4o-mini).
+    judge: str = "gpt-4o-mini"
+    limit: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = DEFAULT_PRESET
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """``section.field -> value`` for every field, for MLflow params."""
+        out: dict[str, Any] = {"preset": self.preset}
+        for section in _sections():
+            for f in dataclasses.fields(getattr(self, section)):
+                out[f"{section}.{f.name}"] = getattr(getattr(self, section), f.name)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if f.name != "preset"]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation) or (str,)
+        return [_coerce(v, item_type, where) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            # YAML 1.1 reads "3e-4" as a string; accept it as the number it is.
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
+    sections = _sections()
+    if section not in sections:
+        raise UserError(f"{where}: unknown section {section!r}; valid sections: {', '.join(sections)}")
+    section_cls = _section_type(section)
+    hints = typing.get_type_hints(section_cls)
+    if key not in hints:
+        raise UserError(f"{where}: unknown key {section}.{key!s}; valid keys of {section}: {', '.join(hints)}")
+    setattr(getattr(cfg, section), key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (``tiny``) or a path to a YAML file."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise UserError(f"preset file {preset} not found")
+        return candidate
+    path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(names)}")
+    return path
+
+
+def _read_preset(path: Path, cfg: Config, seen: tuple[Path, ...] = ()) -> None:
+    if path in seen:
+        raise UserError(f"{path}: 'extends' loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise UserError(f"{path}{'' if line is None else f' line {line + 1}'}: invalid YAML") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections")
+    parent = raw.pop("extends", None)
+    if parent:
+        _read_preset(preset_path(str(parent)), cfg, seen + (path,))
+    for section, values in raw.items():
+        if section not in _sections():
+            raise UserError(f"{path}: unknown section {section!r}; valid sections: extends, {', '.join(_sections())}")
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            _apply(cfg, section, str(key), value, str(path))
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"override {text!r} must look like section.key=value")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    return section, key, value.strip()
+
+
+def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> Config:
+    """Load a preset and apply ``section.key=value`` overrides, strictly."""
+    path = preset_path(preset)
+    cfg = Config(preset=path.stem)
+    _read_preset(path, cfg)
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        _apply(cfg, section, key, value, "override")
+    return cfg
+
+
+def set_field(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``section.key`` from a stage parameter (e.g. ``--epochs`` -> ``sft.epochs``)."""
+    section, key = dotted.split(".", 1)
+    _apply(cfg, section, key, value, f"--{key}")

@@ -1,0 +1,80 @@
+"""The `data` stage: forward set, held-out test sets (synthetic) and probe set."""
+
+from __future__ import annotations
+
+from reverse_align import tracking
+from reverse_align.config import Config
+from reverse_align.data import synthetic
+from reverse_align.data.schema import FORWARD, REVERSE, Record
+from reverse_align.formatting import chat_messages
+
+STAGE = "data"
+
+
+def token_counter(cfg: Config):
+    """Counts tokens of text with the preset model's tokenizer."""
+    from reverse_align.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    return tokenizer, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def example_tokens(tokenizer, record: Record) -> int:
+    """Tokens of the full chat-formatted example, as training sees it."""
+    return len(tokenizer.apply_chat_template(chat_messages(record), tokenize=True, return_dict=True)["input_ids"])
+
+
+def select_probe(records: list[Record], tokenizer, size: int) -> list[Record]:
+    """The `size` forward items with the fewest tokens (§3.2), ties broken by id."""
+    forward = [r for r in records if r.direction == FORWARD]
+    ranked = sorted(forward, key=lambda r: (example_tokens(tokenizer, r), r.id))
+    return ranked[:size]
+
+
+def log_records(records: list[Record], artifact_path: str, name: str, context: str) -> None:
+    """Records as a JSONL artifact and as an mlflow.data dataset input of the run."""
+    import mlflow
+    import pandas as pd
+
+    rows = [r.to_dict() for r in records]
+    tracking.log_jsonl(rows, artifact_path)
+    frame = pd.DataFrame(rows, columns=list(Record.__dataclass_fields__))
+    source = f"{mlflow.active_run().info.artifact_uri}/{artifact_path}"
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name), context=context)
+
+
+def run_data(cfg: Config) -> str:
+    import mlflow
+
+    tracking.setup()
+    with tracking.stage_run(STAGE, cfg) as run:
+        tokenizer, count_tokens = token_counter(cfg)
+        metrics: dict[str, float] = {}
+        if cfg.data.source == synthetic.SOURCE:
+            world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
+            forward = world.records("train", FORWARD)
+            if cfg.data.limit:
+                forward = forward[: cfg.data.limit]
+            log_records(world.records("test", FORWARD), tracking.ARTIFACT_TEST_FORWARD, "test_forward", "evaluation")
+            log_records(world.records("test", REVERSE), tracking.ARTIFACT_TEST_REVERSE, "test_reverse", "evaluation")
+            metrics["data/test_count"] = len(world.test)
+        else:
+            from reverse_align.data.s1k import load_s1k
+
+            forward, stats = load_s1k(cfg.data.source, count_tokens, cfg.model.max_length, cfg.data.limit)
+            metrics.update({f"data/{k}": v for k, v in stats.items()})
+        probe = select_probe(forward, tokenizer, cfg.data.probe_size)
+        log_records(forward, tracking.ARTIFACT_FORWARD, "forward", "training")
+        log_records(probe, tracking.ARTIFACT_PROBE, "probe", "probe")
+        lengths = sorted(example_tokens(tokenizer, r) for r in forward)
+        metrics.update(
+            {
+                "data/forward_count": len(forward),
+                "data/probe_count": len(probe),
+                "data/tokens_median": lengths[len(lengths) // 2],
+                "data/tokens_max": lengths[-1],
+            }
+        )
+        mlflow.log_metrics(metrics)
+        print(f"data run {run.info.run_id}: {len(forward)} forward items, probe {len(probe)}")
+        return run.info.run_id

@@ -1,0 +1,208 @@
+"""A synthetic bidirectional reasoning world with an exact reverse.
+
+Forward: a start value is pushed through a few arithmetic operations; compute
+the result. Reverse: given the operations and the result, recover the start,
+by undoing the operations in reverse order. Both come with step-by-step
+traces and a ``\\boxed{}`` answer, like s1K's think/answer format, so the same
+training, probing and grading code serves real and synthetic data.
+
+Questions are written in a fixed phrasing so that :func:`parse_question`
+recovers the problem from the text alone: that is how :func:`invert` builds a
+reverse from nothing but a forward record, and how tests recompute answers.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from reverse_align.config import SyntheticConfig
+from reverse_align.data.schema import FORWARD, REVERSE, Record
+from reverse_align.errors import UserError
+
+SOURCE = "synthetic"
+
+_WORDS = {"+": "add {}", "-": "subtract {}", "*": "multiply by {}"}
+_UNDO = {"+": "-", "-": "+", "*": "/"}
+_OP_PATTERN = re.compile(r"(add|subtract|multiply by) (\d+)")
+_WORD_TO_OP = {"add": "+", "subtract": "-", "multiply by": "*"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    def values(self) -> list[int]:
+        """The start and every intermediate value, in forward order."""
+        values = [self.start]
+        for op, operand in self.ops:
+            values.append(apply(values[-1], op, operand))
+        return values
+
+    @property
+    def result(self) -> int:
+        return self.values()[-1]
+
+
+def apply(value: int, op: str, operand: int) -> int:
+    if op == "+":
+        return value + operand
+    if op == "-":
+        return value - operand
+    if op == "*":
+        return value * operand
+    if op == "/":
+        if value % operand:
+            raise ValueError(f"{value} / {operand} is not exact")
+        return value // operand
+    raise ValueError(f"unknown op {op!r}")
+
+
+def fact(value: int, op: str, operand: int) -> str:
+    """One arithmetic step as it appears in traces and in the pretraining corpus."""
+    return f"{value} {op} {operand} = {apply(value, op, operand)}"
+
+
+def describe_ops(ops: tuple[tuple[str, int], ...]) -> str:
+    return ", then ".join(_WORDS[op].format(operand) for op, operand in ops)
+
+
+def forward_question(problem: Problem) -> str:
+    return f"Start with {problem.start}. {describe_ops(problem.ops).capitalize()}. What is the final number?"
+
+
+def reverse_question(problem: Problem) -> str:
+    return (
+        f"A number was changed in order: {describe_ops(problem.ops)}. "
+        f"The final number is {problem.result}. What was the starting number?"
+    )
+
+
+def forward_record(problem: Problem, pair_id: str) -> Record:
+    values = problem.values()
+    steps = [fact(values[i], op, operand) for i, (op, operand) in enumerate(problem.ops)]
+    return Record(
+        id=f"{pair_id}-f",
+        pair_id=pair_id,
+        direction=FORWARD,
+        question=forward_question(problem),
+        thinking="\n".join(steps),
+        attempt=f"The final number is \\boxed{{{problem.result}}}.",
+        gold=str(problem.result),
+        source=SOURCE,
+    )
+
+
+def reverse_record(problem: Problem, pair_id: str) -> Record:
+    values = problem.values()
+    steps = []
+    for i in range(len(problem.ops) - 1, -1, -1):
+        op, operand = problem.ops[i]
+        steps.append(fact(values[i + 1], _UNDO[op], operand))
+    return Record(
+        id=f"{pair_id}-r",
+        pair_id=pair_id,
+        direction=REVERSE,
+        question=reverse_question(problem),
+        thinking="\n".join(steps),
+        attempt=f"The starting number is \\boxed{{{problem.start}}}.",
+        gold=str(problem.start),
+        source=SOURCE,
+    )
+
+
+def parse_question(question: str) -> tuple[str, Problem]:
+    """Recover (direction, problem) from a synthetic question's text."""
+    ops = tuple((_WORD_TO_OP[word], int(n)) for word, n in _OP_PATTERN.findall(question.lower()))
+    forward = re.match(r"Start with (\d+)\.", question)
+    if forward and ops:
+        return FORWARD, Problem(int(forward.group(1)), ops)
+    reverse = re.search(r"The final number is (\d+)\. What was the starting number\?", question)
+    if reverse and ops:
+        value = int(reverse.group(1))
+        for op, operand in reversed(ops):
+            value = apply(value, _UNDO[op], operand)
+        return REVERSE, Problem(value, ops)
+    raise ValueError(f"not a synthetic question: {question!r}")
+
+
+def solve(question: str) -> int:
+    """The exact answer of a synthetic question, recomputed from its text."""
+    direction, problem = parse_question(question)
+    return problem.result if direction == FORWARD else problem.start
+
+
+def invert(record: Record) -> Record:
+    """The exact reverse of a forward synthetic record (the `invert` stage's synthetic teacher)."""
+    if record.direction != FORWARD:
+        raise UserError(f"record {record.id}: only forward records can be inverted")
+    try:
+        _, problem = parse_question(record.question)
+    except ValueError:
+        raise UserError(f"record {record.id}: not a synthetic question") from None
+    return reverse_record(problem, record.pair_id)
+
+
+def sample_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
+    """Rejection-sample a problem whose every value stays in [0, max_value]."""
+    while True:
+        start = rng.randint(0, cfg.max_value)
+        ops = []
+        value = start
+        for _ in range(rng.randint(cfg.min_steps, cfg.max_steps)):
+            op = rng.choice("+-*")
+            operand = rng.randint(2, cfg.max_multiplier) if op == "*" else rng.randint(1, cfg.max_addend)
+            value = apply(value, op, operand)
+            ops.append((op, operand))
+        problem = Problem(start, tuple(ops))
+        if all(0 <= v <= cfg.max_value for v in problem.values()):
+            return problem
+
+
+@dataclass
+class World:
+    train: list[Problem]
+    test: list[Problem]
+
+    def records(self, split: str, direction: str) -> list[Record]:
+        problems = self.train if split == "train" else self.test
+        make = forward_record if direction == FORWARD else reverse_record
+        return [make(p, f"syn-{split}-{i:05d}") for i, p in enumerate(problems)]
+
+
+def make_world(cfg: SyntheticConfig, seed: int) -> World:
+    """Deterministic under the seed; train and test problems never coincide."""
+    rng = random.Random(seed)
+    seen: set[Problem] = set()
+    problems: list[Problem] = []
+    needed = cfg.n_train + cfg.n_test
+    attempts = 0
+    while len(problems) < needed:
+        attempts += 1
+        if attempts > needed * 100:
+            raise UserError(
+                f"synthetic world too small for {needed} distinct problems; raise synthetic.max_value or max_steps"
+            )
+        problem = sample_problem(rng, cfg)
+        if problem not in seen:
+            seen.add(problem)
+            problems.append(problem)
+    return World(train=problems[: cfg.n_train], test=problems[cfg.n_train :])
+
+
+def pretraining_facts(cfg: SyntheticConfig) -> list[str]:
+    """Every single step of the world, forward and undone: the building blocks, not the question format."""
+    facts = []
+    for value in range(cfg.max_value + 1):
+        for operand in range(1, cfg.max_addend + 1):
+            if value + operand <= cfg.max_value:
+                facts.append(fact(value, "+", operand))
+            if value - operand >= 0:
+                facts.append(fact(value, "-", operand))
+        for operand in range(2, cfg.max_multiplier + 1):
+            if value * operand <= cfg.max_value:
+                facts.append(fact(value, "*", operand))
+                facts.append(fact(value * operand, "/", operand))
+    return facts

@@ -1,0 +1,222 @@
+"""Tracking conventions: the one place for experiment, tag, artifact and metric names.
+
+Every stage runs inside :func:`stage_run`, which sets the store and experiment,
+tags the stage, preset and upstream run ids, logs the resolved config, and
+turns failures into the behaviour of INTERFACE.md (bad input: run FAILED with
+``reverse_align.error``; the caller exits 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from reverse_align.errors import UserError
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from reverse_align.config import Config
+
+# Telemetry and hub calls off before mlflow or transformers are imported anywhere.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+DEFAULT_EXPERIMENT = "reverse-align"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Tags
+TAG_STAGE = "reverse_align.stage"
+TAG_PRESET = "reverse_align.preset"
+TAG_UPSTREAM_PREFIX = "reverse_align.upstream."
+TAG_ERROR = "reverse_align.error"
+# Set on an `mlflow run` launcher run that was left in the Default experiment.
+TAG_MOVED_TO = "reverse_align.run_id"
+
+# Artifacts
+ARTIFACT_FORWARD = "data/forward.jsonl"
+ARTIFACT_REVERSE = "data/reverse.jsonl"
+ARTIFACT_PROBE = "data/probe.jsonl"
+ARTIFACT_TEST_FORWARD = "data/test_forward.jsonl"
+ARTIFACT_TEST_REVERSE = "data/test_reverse.jsonl"
+ARTIFACT_REJECTED = "data/rejected.jsonl"
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_ADAPTER = "adapter"
+ARTIFACT_CHECKPOINTS = "checkpoints"
+ARTIFACT_MODEL = "model"
+ARTIFACT_BASE_MODEL = "base_model"
+ARTIFACT_FIGURES = "figures"
+
+# Metrics
+METRIC_INVERT_REQUESTED = "invert/requested"
+METRIC_INVERT_ACCEPTED = "invert/accepted"
+METRIC_INVERT_REJECTED = "invert/rejected"
+METRIC_INVERT_PROMPT_TOKENS = "invert/prompt_tokens"
+METRIC_INVERT_COMPLETION_TOKENS = "invert/completion_tokens"
+METRIC_EVAL_AVERAGE = "eval/average"
+
+
+def metric_eval_accuracy(benchmark: str) -> str:
+    return f"eval/{benchmark}/accuracy"
+
+
+def metric_alp(phase: str, kind: str, test: str) -> str:
+    """``alp/<sft|dpo>/<pos|neg|margin>/<forward|reverse|mixed>``."""
+    return f"alp/{phase}/{kind}/{test}"
+
+
+def checkpoint_artifact(name: str) -> str:
+    return f"{ARTIFACT_CHECKPOINTS}/{name}"
+
+
+def tag_upstream(stage: str) -> str:
+    return f"{TAG_UPSTREAM_PREFIX}{stage}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def setup() -> None:
+    """Point mlflow at the project's store and experiment."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment_name())
+
+
+def _launcher_run_id() -> str | None:
+    """The run `mlflow run` created for us, if it is in our experiment.
+
+    `mlflow run` without ``--experiment-name`` puts its run in the Default
+    experiment; INTERFACE.md wants runs in ``reverse-align``. In that case we
+    start our own run there and leave a pointer on the launcher run.
+    """
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    launcher = client.get_run(run_id)
+    experiment = client.get_experiment(launcher.info.experiment_id)
+    if experiment.name == experiment_name():
+        return run_id
+    return None
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    cfg: "Config",
+    upstream: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Iterator["mlflow.ActiveRun"]:
+    """Run a stage inside an MLflow run with the project's tags and failure rules.
+
+    ``run_id`` resumes an existing run (resume after a kill); otherwise the
+    `mlflow run` launcher run is reused when it is in our experiment.
+    """
+    import mlflow
+
+    setup()
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    reuse = run_id or _launcher_run_id()
+    # mlflow.start_run() reads MLFLOW_RUN_ID itself; hide it when we do not reuse it.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        run = mlflow.start_run(run_id=reuse) if reuse else mlflow.start_run()
+    finally:
+        if launcher:
+            os.environ["MLFLOW_RUN_ID"] = launcher
+    if launcher and launcher != run.info.run_id:
+        mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
+    try:
+        mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset})
+        for up_stage, up_id in (upstream or {}).items():
+            if up_id:
+                mlflow.set_tag(tag_upstream(up_stage), up_id)
+        log_config(cfg, params)
+        yield run
+    except UserError as exc:
+        mlflow.set_tag(TAG_ERROR, str(exc))
+        mlflow.end_run(status="FAILED")
+        raise
+    except BaseException as exc:
+        mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_config(cfg: "Config", params: dict[str, Any] | None = None) -> None:
+    """Flattened params plus the YAML of the resolved config as an artifact."""
+    import mlflow
+
+    flat = {k: _param_value(v) for k, v in cfg.flat().items()}
+    flat.update({k: _param_value(v) for k, v in (params or {}).items()})
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    existing = client.get_run(run_id).data.params
+    # A param cannot change value within a run; the launcher may have logged some already.
+    fresh = {k: v for k, v in flat.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+    mlflow.log_text(cfg.to_yaml(), ARTIFACT_CONFIG)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def log_jsonl(records: list[dict], artifact_path: str) -> None:
+    """Write records as JSON lines straight into the run's artifacts."""
+    import json
+
+    import mlflow
+
+    directory, name = os.path.split(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        with path.open("w") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        mlflow.log_artifact(str(path), artifact_path=directory or None)
+
+
+def download_artifact(run_id: str, artifact_path: str, dst: str | None = None) -> str:
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst)
+
+
+def require_run(run_id: str, stage: str | tuple[str, ...], param: str) -> "mlflow.entities.Run":
+    """Fetch a FINISHED upstream run of the given stage, or fail as bad input."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    stages = (stage,) if isinstance(stage, str) else stage
+    if not run_id:
+        raise UserError(f"--{param} is required (a finished {' or '.join(stages)} run id)")
+    try:
+        run = mlflow.MlflowClient(tracking_uri()).get_run(run_id)
+    except MlflowException:
+        raise UserError(f"--{param} {run_id}: no such run in {tracking_uri()}") from None
+    actual = run.data.tags.get(TAG_STAGE)
+    if actual not in stages:
+        raise UserError(f"--{param} {run_id}: is a {actual or 'non-reverse-align'} run, expected {' or '.join(stages)}")
+    if run.info.status != "FINISHED":
+        raise UserError(f"--{param} {run_id}: {actual} run is {run.info.status}, not FINISHED")
+    return run

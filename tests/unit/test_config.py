@@ -1,0 +1,64 @@
+import pytest
+
+from reverse_align.config import CONFIG_DIR, load_config
+from reverse_align.errors import UserError
+
+PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_every_preset_file_loads():
+    assert {"tiny", "micro", "paper-3b", "paper-7b", "paper-14b"} <= set(PRESETS)
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert cfg.preset == name
+        assert cfg.model.name
+
+
+def test_misspelled_key_names_the_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: tiny\nsft:\n  learnig_rate: 1.0e-3\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(bad))
+    message = str(err.value)
+    assert "sft.learnig_rate" in message
+    assert "learning_rate" in message and "epochs" in message and "warmup_ratio" in message
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  epochs: 3\n")
+    with pytest.raises(UserError, match="valid sections: extends, model, data"):
+        load_config(str(bad))
+
+
+def test_overrides_are_typed_and_strict():
+    cfg = load_config("tiny", ["sft.learning_rate=1e-4", "sft.epochs=2", "lora.target_modules=q_proj,v_proj", "sft.bf16=true"])
+    assert cfg.sft.learning_rate == pytest.approx(1e-4)
+    assert cfg.sft.epochs == 2
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.sft.bf16 is True
+    with pytest.raises(UserError, match="valid keys of sft"):
+        load_config("tiny", ["sft.lr=1e-4"])
+    with pytest.raises(UserError, match="expected an integer"):
+        load_config("tiny", ["sft.per_device_batch_size=two"])
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config("tiny", ["epochs=3"])
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(UserError, match="valid presets: .*paper-7b.*tiny"):
+        load_config("paper-70b")
+
+
+def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; the config must still see a number.
+    f = tmp_path / "p.yaml"
+    f.write_text("extends: tiny\nsft:\n  learning_rate: 3e-4\n")
+    assert load_config(str(f)).sft.learning_rate == pytest.approx(3e-4)
+
+
+def test_flat_params_cover_every_field():
+    flat = load_config("tiny").flat()
+    assert flat["sft.learning_rate"] == pytest.approx(2e-3)
+    assert flat["model.name"] == "tiny-base"
+    assert "dpo.beta" in flat and "synthetic.max_value" in flat

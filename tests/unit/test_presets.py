@@ -1,0 +1,71 @@
+"""The paper-* presets hold every number of PROTOCOL.md sections 2-4."""
+
+import pytest
+
+from reverse_align.config import load_config
+
+PAPER = ["paper-3b", "paper-7b", "paper-14b"]
+MODELS = {"paper-3b": "Qwen/Qwen2.5-3B-Instruct", "paper-7b": "Qwen/Qwen2.5-7B-Instruct", "paper-14b": "Qwen/Qwen2.5-14B-Instruct"}
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_model_and_data(preset):
+    cfg = load_config(preset)
+    assert cfg.model.name == MODELS[preset]
+    assert cfg.model.dtype == "bfloat16"
+    assert cfg.model.attn_implementation == "flash_attention_2"
+    assert cfg.model.gradient_checkpointing is True
+    assert cfg.model.max_length == 20000
+    assert cfg.data.source == "simplescaling/s1K-1.1"
+    assert cfg.data.probe_size == 50
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_sft_section_2(preset):
+    cfg = load_config(preset)
+    assert (cfg.lora.r, cfg.lora.alpha) == (256, 512)
+    assert set(cfg.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
+    s = cfg.sft
+    assert s.learning_rate == pytest.approx(3e-4)
+    assert s.lr_scheduler == "cosine_with_restarts"
+    assert s.warmup_ratio == pytest.approx(0.05)
+    assert s.weight_decay == pytest.approx(1e-6)
+    assert (s.adam_beta1, s.adam_beta2) == (0.9, 0.95)
+    assert s.optim == "adamw_8bit"
+    assert s.max_grad_norm == 1.0
+    assert s.epochs == 10
+    assert (s.per_device_batch_size, s.gradient_accumulation_steps) == (1, 1)
+    assert s.bf16 is True
+    assert "zero3" in s.deepspeed
+
+
+def test_gpus_per_size():
+    assert load_config("paper-7b").sft.num_processes == 4
+    assert load_config("paper-14b").sft.num_processes == 8
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_dpo_section_3(preset):
+    d = load_config(preset).dpo
+    assert d.beta == pytest.approx(0.6)
+    assert d.learning_rate == pytest.approx(5e-7)
+    assert d.lr_scheduler == "cosine"
+    assert d.max_steps == 200
+    assert (d.per_device_batch_size, d.gradient_accumulation_steps) == (1, 4)
+    assert d.bf16 is True
+    assert (d.max_prompt_length, d.max_length) == (600, 20000)
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_probe_section_4(preset):
+    p = load_config(preset).probe
+    assert (p.sft_epochs, p.sft_eval_every) == (12, 2)
+    assert (p.dpo_epochs, p.dpo_beta) == (7, pytest.approx(0.2))
+    assert p.max_response_tokens == 1000
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_eval_section_5(preset):
+    e = load_config(preset).eval
+    assert e.benchmarks == ["aime24", "math500", "gpqa"]
+    assert e.judge == "gpt-4o-mini"

@@ -1,0 +1,52 @@
+from reverse_align.config import SyntheticConfig
+from reverse_align.data import synthetic
+from reverse_align.data.schema import FORWARD, REVERSE
+from reverse_align.formatting import last_boxed
+
+CFG = SyntheticConfig(n_train=300, n_test=60)
+
+
+def test_world_is_deterministic_under_seed():
+    a = synthetic.make_world(CFG, seed=3)
+    b = synthetic.make_world(CFG, seed=3)
+    c = synthetic.make_world(CFG, seed=4)
+    assert a.train == b.train and a.test == b.test
+    assert a.train != c.train
+
+
+def test_sizes_ranges_and_held_out_split():
+    world = synthetic.make_world(CFG, seed=0)
+    assert len(world.train) == 300 and len(world.test) == 60
+    assert not set(world.train) & set(world.test)
+    for problem in world.train + world.test:
+        assert CFG.min_steps <= len(problem.ops) <= CFG.max_steps
+        assert all(0 <= v <= CFG.max_value for v in problem.values())
+
+
+def test_reverse_is_exact_and_recomputable():
+    world = synthetic.make_world(CFG, seed=0)
+    for fwd, rev in zip(world.records("train", FORWARD), world.records("train", REVERSE)):
+        assert fwd.pair_id == rev.pair_id and rev.direction == REVERSE
+        assert synthetic.invert(fwd) == rev
+        assert synthetic.solve(fwd.question) == int(fwd.gold) == int(last_boxed(fwd.attempt))
+        assert synthetic.solve(rev.question) == int(rev.gold) == int(last_boxed(rev.attempt))
+        # The reverse answer is the forward start; the reverse question states the forward result.
+        assert f"Start with {rev.gold}." in fwd.question
+        assert f"The final number is {fwd.gold}." in rev.question
+
+
+def test_trace_format_matches_s1k_style():
+    record = synthetic.forward_record(synthetic.Problem(7, (("+", 5), ("*", 3), ("-", 4))), "p")
+    assert record.question == "Start with 7. Add 5, then multiply by 3, then subtract 4. What is the final number?"
+    assert record.thinking == "7 + 5 = 12\n12 * 3 = 36\n36 - 4 = 32"
+    assert record.attempt == "The final number is \\boxed{32}."
+    reverse = synthetic.reverse_record(synthetic.Problem(7, (("+", 5), ("*", 3), ("-", 4))), "p")
+    assert reverse.thinking == "32 + 4 = 36\n36 / 3 = 12\n12 - 5 = 7"
+    assert reverse.gold == "7"
+
+
+def test_pretraining_facts_cover_both_directions_but_no_questions():
+    facts = synthetic.pretraining_facts(CFG)
+    assert "12 * 3 = 36" in facts and "36 / 3 = 12" in facts
+    assert "7 + 5 = 12" in facts and "12 - 5 = 7" in facts
+    assert not any("Start with" in f or "?" in f for f in facts)
