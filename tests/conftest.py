@@ -66,3 +66,12 @@ def client():
     import mlflow
 
     return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture(scope="session")
+def micro_invert(micro_data) -> str:
+    """Run id of a synthetic invert run over the micro data run."""
+    from reverse_align.config import load_config
+    from reverse_align.data.invert import run_invert
+
+    return run_invert(load_config("micro"), data_run_id=micro_data)

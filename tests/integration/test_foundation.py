@@ -59,9 +59,15 @@ def test_data_run_logs_records_params_and_dataset_inputs(micro_data, client, tmp
     probe = [json.loads(line) for line in mlflow.artifacts.load_text(f"runs:/{micro_data}/data/probe.jsonl").splitlines()]
     assert len(forward) == 64 and len(probe) == 8
     assert set(forward[0]) == {"id", "pair_id", "direction", "question", "thinking", "attempt", "gold", "source"}
-    # The probe set is the shortest forward items.
-    longest_probe = max(len(p["question"]) + len(p["thinking"]) for p in probe)
-    assert sum(len(f["question"]) + len(f["thinking"]) < longest_probe for f in forward) <= len(probe)
+    # The probe set is the forward items with the fewest tokens of the preset model.
+    from reverse_align.data.schema import Record
+    from reverse_align.data.stage import example_tokens
+    from reverse_align.models import load_tokenizer
+
+    tokenizer = load_tokenizer(load_config("micro"))
+    ranked = sorted(forward, key=lambda f: (example_tokens(tokenizer, Record(**f)), f["id"]))
+    assert [p["id"] for p in probe] == [f["id"] for f in ranked[:8]]
+    assert example_tokens(tokenizer, Record(**ranked[8])) >= max(example_tokens(tokenizer, Record(**p)) for p in probe)
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert {"forward", "probe", "test_forward", "test_reverse"} <= set(inputs)
     assert json.loads(inputs["forward"].dataset.profile)["num_rows"] == 64
