@@ -37,6 +37,11 @@ PRESET = Param("preset", "preset name (configs/<name>.yaml) or a YAML path", def
 SEED = Param("seed", "random seed", config="data.seed")
 
 STAGES: dict[str, Stage] = {
+    "main": Stage(
+        "reverse_align.pipeline:run_main",
+        "the whole study on a preset, reusing finished runs",
+        (PRESET, Param("force", "rerun every stage even if a finished run exists", default="false")),
+    ),
     "data": Stage(
         "reverse_align.data.stage:run_data",
         "forward set, held-out tests and probe set",

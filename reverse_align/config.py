@@ -103,6 +103,10 @@ class InvertConfig:
     timeout: float = 600.0
     # Retries per request on 429, 5xx, timeouts and dropped connections.
     max_retries: int = 8
+    # Backoff before retry n: uniform in [0, min(retry_max_delay, retry_base_delay * 2^n)] seconds
+    # ("full jitter"); a Retry-After header replaces it.
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 60.0
     # Stop cleanly after this many requests / total tokens (0 = no cap).
     max_requests: int = 0
     max_tokens_total: int = 0

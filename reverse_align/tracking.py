@@ -34,6 +34,8 @@ TAG_STAGE = "reverse_align.stage"
 TAG_PRESET = "reverse_align.preset"
 TAG_UPSTREAM_PREFIX = "reverse_align.upstream."
 TAG_ERROR = "reverse_align.error"
+# `main` sets this so each stage run shows as its child in the MLflow UI.
+ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
 # Set on an `mlflow run` launcher run that was left in the Default experiment.
 TAG_MOVED_TO = "reverse_align.run_id"
 
@@ -50,6 +52,14 @@ ARTIFACT_CHECKPOINTS = "checkpoints"
 ARTIFACT_MODEL = "model"
 ARTIFACT_BASE_MODEL = "base_model"
 ARTIFACT_FIGURES = "figures"
+# invert with a teacher LLM: the per-request journal (resume) and the prompt templates used.
+ARTIFACT_INVERT_JOURNAL = "invert/journal.jsonl"
+ARTIFACT_INVERT_TEMPLATES = "invert/templates"
+# Training stages (sft, dpo): the full trainer state of each checkpoint (optimizer,
+# scheduler, RNG, trainer_state.json; no weights) so a run can resume on another machine.
+ARTIFACT_RESUME = "resume"
+# sft: which records went into the mix, in training order (counts per direction, pair ids).
+ARTIFACT_MIX = "mix/composition.json"
 
 # Metrics
 METRIC_INVERT_REQUESTED = "invert/requested"
@@ -58,6 +68,35 @@ METRIC_INVERT_REJECTED = "invert/rejected"
 METRIC_INVERT_PROMPT_TOKENS = "invert/prompt_tokens"
 METRIC_INVERT_COMPLETION_TOKENS = "invert/completion_tokens"
 METRIC_EVAL_AVERAGE = "eval/average"
+# invert with a teacher LLM, beyond INTERFACE.md's five.
+METRIC_INVERT_COST = "invert/cost_usd"  # estimate from invert.price_* fields
+METRIC_INVERT_RETRIES = "invert/retries"  # requests that repeated an earlier failed one
+METRIC_INVERT_PENDING = "invert/pending"  # items not finished when the spend cap stopped the run
+METRIC_INVERT_NO_REASONING = "invert/no_reasoning"  # accepted reverses whose teacher returned no reasoning
+
+
+def metric_invert_rejected(reason: str) -> str:
+    """``invert/rejected/<reason>``, reasons in reverse_align.data.teacher_parse.REASONS."""
+    return f"{METRIC_INVERT_REJECTED}/{reason}"
+
+
+# Trainer logs (loss, learning_rate, epoch, tokens_per_second, ...) are `train/<key>`, step = optimizer step.
+METRIC_TRAIN_PREFIX = "train/"
+# Set when a training run resumed: the global step of the checkpoint it continued from.
+TAG_RESUMED_FROM_STEP = "reverse_align.resumed_from_step"
+
+
+def metric_train(key: str) -> str:
+    return f"{METRIC_TRAIN_PREFIX}{key}"
+
+
+def metric_sft_exact_match(direction: str, base: bool = False) -> str:
+    """Quick greedy exact match on held-out synthetic problems after SFT (``base``: before, adapter off)."""
+    return f"sft/{'base_' if base else ''}exact_match/{direction}"
+
+
+def resume_artifact(checkpoint_dir_name: str) -> str:
+    return f"{ARTIFACT_RESUME}/{checkpoint_dir_name}"
 
 
 def metric_eval_accuracy(benchmark: str) -> str:
@@ -142,6 +181,9 @@ def stage_run(
         mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
     try:
         mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset})
+        parent = os.environ.get(ENV_PARENT_RUN_ID)
+        if parent and parent != run.info.run_id:
+            mlflow.set_tag("mlflow.parentRunId", parent)
         for up_stage, up_id in (upstream or {}).items():
             if up_id:
                 mlflow.set_tag(tag_upstream(up_stage), up_id)
