@@ -40,6 +40,22 @@ def invert_synthetic(forward: list[Record]) -> tuple[list[Record], list[dict]]:
     return reverses, rejected
 
 
+def _teacher_run_to_resume(cfg: Config, data_run_id: str, limit: str, run_id: str) -> str:
+    """The run to continue: ``--run_id``, else the newest unfinished one of the same inputs; locked for us."""
+    from reverse_align.data import teacher
+
+    if run_id:
+        teacher.check_resumable(run_id, data_run_id, cfg, limit)
+    else:
+        run_id = teacher.find_unfinished_run(data_run_id, cfg, limit) or ""
+        if run_id:
+            print(f"resuming unfinished invert run {run_id} (journal {teacher.journal_path(run_id)})")
+    if run_id:
+        # Before the run is reopened: a run another process is writing must not be touched (or failed) by us.
+        teacher.lock_journal(run_id)
+    return run_id
+
+
 def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str = "", run_id: str = "") -> str:
     import mlflow
 
@@ -53,6 +69,8 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
         except ValueError:
             raise UserError(f"--limit {limit!r}: expected an integer") from None
     params = {"invert.limit": limit or "0"}
+    if cfg.invert.teacher != synthetic.SOURCE:
+        run_id = _teacher_run_to_resume(cfg, data_run_id, limit, run_id)
     with tracking.stage_run(STAGE, cfg, upstream={"data": data_run_id}, params=params, run_id=run_id or None) as run:
         if cfg.invert.teacher == synthetic.SOURCE:
             if data_run.data.params.get("data.source") != synthetic.SOURCE:
