@@ -158,6 +158,9 @@ class SFTConfig:
     # DeepSpeed config for multi-GPU runs (A.4.1: ZeRO-3); ignored on CPU.
     deepspeed: str = ""
     logging_steps: int = 1
+    # Held-out synthetic problems per direction for the quick greedy exact-match check
+    # after training, adapter on and off (0 = skip). Not from the paper: a tiny-world sanity check.
+    exact_match_limit: int = 200
 
 
 @dataclass

@@ -1,0 +1,348 @@
+"""Training helpers shared by the SFT and DPO stages (trainer-agnostic).
+
+Everything here works with any ``transformers.Trainer`` subclass (trl's
+SFTTrainer, DPOTrainer) through its arguments and callbacks; nothing
+subclasses or copies a trainer.
+
+- :func:`peft_lora_config` - ``peft.LoraConfig`` from ``cfg.lora`` (``lm_head`` -> ``modules_to_save``, see there).
+- :func:`run_output_dir` - local directory of a run's trainer checkpoints.
+- :func:`device_training_args` - TrainingArguments kwargs that depend on the
+  hardware and process count (ddp backend, deepspeed, gradient checkpointing).
+- :class:`MlflowMetricsCallback` - trainer logs -> the active MLflow run as
+  ``train/<key>`` at step = global step; rank 0 only; never logs a step twice
+  (on resume the steps the killed attempt already logged are kept, not repeated).
+- :class:`SaveEveryEpochsCallback` - checkpoint every N epochs (``save_strategy="no"``).
+- :class:`CheckpointLoggingCallback` - each saved checkpoint's adapter ->
+  ``checkpoints/<name>/`` (adapter files only) and its trainer state (optimizer,
+  scheduler, RNG, trainer_state.json) -> ``resume/checkpoint-<step>/``.
+- :func:`resume_checkpoint` - the checkpoint to resume from: the newest local
+  one, else the newest one logged to MLflow, downloaded; None to start fresh.
+- :func:`log_final_adapter` - the final adapter -> ``adapter/`` and an MLflow
+  transformers model (adapter + a reference to the base model) -> ``model``.
+- :func:`is_worker`, :func:`is_main_process`, :func:`launch_workers` - run a
+  stage function in ``num_processes`` data-parallel processes via torchrun
+  (gloo on CPU, NCCL/DeepSpeed on GPUs); ``python -m reverse_align.train.common
+  <spec.json>`` is the worker entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from reverse_align import tracking
+from reverse_align.config import Config, LoraConfig
+
+try:  # transformers is always installed; the import only stays out of `--help`'s way when it is not needed
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover
+    TrainerCallback = object  # type: ignore[misc,assignment]
+
+# What a PEFT adapter directory holds (PeftModel.from_pretrained reads these two).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A trainer checkpoint's state besides the weights, needed to resume exactly.
+RESUME_FILE_PREFIXES = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "scaler")
+# Written into each logged resume state: which checkpoints/<name> holds its adapter.
+RESUME_POINTER = "checkpoint.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+LM_HEAD = "lm_head"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def peft_lora_config(lora: LoraConfig):
+    """A causal-LM ``peft.LoraConfig`` from the ``lora:`` section (A.4.1: r, alpha, targets incl. lm_head)."""
+    import peft
+
+    # trl (>= 1.x) computes the loss with a fused LM head that multiplies by `lm_head.weight` directly, so a
+    # LoRA adapter on lm_head would never be trained and its trainers refuse one. lm_head stays a trained
+    # module as A.4.1 asks, through `modules_to_save`: a full-rank trainable copy saved inside the adapter
+    # (never the base weights). The other targets get rank-r LoRA.
+    targets = [m for m in lora.target_modules if m != LM_HEAD]
+    return peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        modules_to_save=[LM_HEAD] if LM_HEAD in lora.target_modules else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def run_output_dir(run_id: str) -> Path:
+    """Where a run's trainer checkpoints live locally (kept between a kill and a resume)."""
+    from reverse_align.models import cache_dir
+
+    return cache_dir() / "runs" / run_id
+
+
+def device_training_args(num_processes: int, deepspeed: str, gradient_checkpointing: bool) -> dict[str, Any]:
+    """TrainingArguments kwargs that depend on where the run executes.
+
+    On GPUs: DeepSpeed (the shipped ZeRO-3 config) when several processes, and
+    gradient checkpointing when asked. On CPU: DDP over gloo, no DeepSpeed, no
+    gradient checkpointing (it only trades compute for GPU memory).
+    """
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    args: dict[str, Any] = {"gradient_checkpointing": bool(gradient_checkpointing and on_gpu)}
+    if not on_gpu:
+        args["use_cpu"] = True
+    if num_processes > 1:
+        args["ddp_backend"] = "nccl" if on_gpu else "gloo"
+        # LoRA: every trainable parameter takes part in every step.
+        args["ddp_find_unused_parameters"] = False
+        if on_gpu and deepspeed:
+            args["deepspeed"] = deepspeed
+    return args
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Logs every trainer log into the active MLflow run at step = global step (rank 0 only).
+
+    Used instead of transformers' MLflowCallback, which starts and ends runs of
+    its own. Keys become ``train/<key>``; transformers' ``train_`` prefix is
+    dropped (``train_tokens_per_second`` -> ``train/tokens_per_second``), and the
+    end-of-training mean loss is ``train/mean_loss`` so it never collides with
+    the per-step ``train/loss``. Steps at or below the last step already in the
+    run (a resumed run) are skipped, so no step is logged twice.
+    """
+
+    RENAMES = {"train_loss": "mean_loss"}
+
+    def __init__(self, prefix: str = tracking.METRIC_TRAIN_PREFIX):
+        self.prefix = prefix
+        self.logged_until = -1
+
+    def _name(self, key: str) -> str:
+        key = self.RENAMES.get(key, key)
+        return self.prefix + (key[len("train_") :] if key.startswith("train_") else key)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import mlflow
+
+        if state.is_world_process_zero and mlflow.active_run() is not None:
+            client = mlflow.MlflowClient()
+            history = client.get_metric_history(mlflow.active_run().info.run_id, self._name("loss"))
+            self.logged_until = max((m.step for m in history), default=-1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        if not state.is_world_process_zero or mlflow.active_run() is None or state.global_step <= self.logged_until:
+            return
+        metrics = {
+            self._name(k): float(v)
+            for k, v in (logs or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if metrics:
+            mlflow.log_metrics(metrics, step=state.global_step)
+
+
+class SaveEveryEpochsCallback(TrainerCallback):
+    """Asks the trainer for a checkpoint at the end of every ``every``-th epoch (0 = never)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.every > 0 and round(state.epoch or 0) % self.every == 0:
+            control.should_save = True
+        return control
+
+
+def epoch_checkpoint_name(state) -> str:
+    return f"epoch-{round(state.epoch or 0)}"
+
+
+def step_checkpoint_name(state) -> str:
+    return f"step-{state.global_step}"
+
+
+class CheckpointLoggingCallback(TrainerCallback):
+    """After each checkpoint save: its adapter -> ``checkpoints/<name>/``, its trainer state -> ``resume/``.
+
+    ``name(state)`` names the checkpoint (``epoch-<n>`` for SFT, ``step-<n>`` for
+    DPO). Only the adapter files go under ``checkpoints/`` (never base weights);
+    the optimizer/scheduler/RNG/trainer state go under
+    ``resume/checkpoint-<step>/`` with a pointer to the adapter, so a run can be
+    resumed on a machine that lost the local output directory.
+    """
+
+    def __init__(self, name: Callable[[Any], str] = step_checkpoint_name, log_resume_state: bool = True):
+        self.name = name
+        self.log_resume_state = log_resume_state
+
+    def on_save(self, args, state, control, **kwargs):
+        import mlflow
+
+        if not state.is_world_process_zero or mlflow.active_run() is None:
+            return
+        checkpoint = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        adapter_artifact = tracking.checkpoint_artifact(self.name(state))
+        for file_name in ADAPTER_FILES:
+            mlflow.log_artifact(str(checkpoint / file_name), artifact_path=adapter_artifact)
+        if self.log_resume_state:
+            with tempfile.TemporaryDirectory() as tmp:
+                pointer = Path(tmp) / RESUME_POINTER
+                pointer.write_text(json.dumps({"step": state.global_step, "adapter": adapter_artifact}))
+                resume_artifact = tracking.resume_artifact(checkpoint.name)
+                mlflow.log_artifact(str(pointer), artifact_path=resume_artifact)
+                for path in sorted(checkpoint.iterdir()):
+                    if path.is_file() and path.name.startswith(RESUME_FILE_PREFIXES):
+                        mlflow.log_artifact(str(path), artifact_path=resume_artifact)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _checkpoint_step(name: str) -> int:
+    try:
+        return int(name.removeprefix(CHECKPOINT_PREFIX))
+    except ValueError:
+        return -1
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint a kill did not cut short: adapter and trainer state are both written."""
+    return all((checkpoint / f).is_file() for f in (*ADAPTER_FILES, "trainer_state.json"))
+
+
+def resume_checkpoint(output_dir: Path, run_id: str) -> str | None:
+    """The newest complete local checkpoint, else the newest one logged to the run (downloaded).
+
+    None when the run has no checkpoint yet (training starts from scratch).
+    """
+    import mlflow
+
+    local = sorted(
+        (p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _complete(p)),
+        key=lambda p: _checkpoint_step(p.name),
+    )
+    if local:
+        return str(local[-1])
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    logged = [a.path.split("/")[-1] for a in client.list_artifacts(run_id, tracking.ARTIFACT_RESUME) if a.is_dir]
+    logged = sorted((n for n in logged if _checkpoint_step(n) >= 0), key=_checkpoint_step)
+    if not logged:
+        return None
+    name = logged[-1]
+    target = Path(output_dir) / name
+    partial = Path(output_dir) / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        state_dir = Path(tracking.download_artifact(run_id, tracking.resume_artifact(name), f"{tmp}/state"))
+        pointer = json.loads((state_dir / RESUME_POINTER).read_text())
+        adapter_dir = Path(tracking.download_artifact(run_id, pointer["adapter"], f"{tmp}/adapter"))
+        for path in [*state_dir.iterdir(), *adapter_dir.iterdir()]:
+            shutil.copy2(path, partial / path.name)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return str(target)
+
+
+def resumed_step(checkpoint: str | None) -> int:
+    return 0 if checkpoint is None else _checkpoint_step(Path(checkpoint).name)
+
+
+# ---------------------------------------------------------------- final model
+
+
+def log_final_adapter(model, tokenizer, base_model_path: str) -> None:
+    """The trained adapter -> ``adapter/`` (PEFT, safetensors) and an MLflow model -> ``model``.
+
+    The MLflow model is mlflow.transformers' PEFT format: the adapter plus a
+    reference to the base model. A local base directory is referenced by path
+    (``base_model_path``: loads offline, as long as the directory exists); a hub
+    id is referenced by name and revision. Neither copies the base weights.
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for file_name in ADAPTER_FILES:
+            mlflow.log_artifact(str(Path(tmp) / file_name), artifact_path=tracking.ARTIFACT_ADAPTER)
+    local_base = base_model_path if Path(base_model_path).is_dir() else None
+    mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name=tracking.ARTIFACT_MODEL,
+        task="text-generation",
+        base_model_path=local_base,
+        # Given explicitly: mlflow's inference of them imports torchvision, which is not a dependency.
+        pip_requirements=_pinned(("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")),
+    )
+
+
+def _pinned(packages: tuple[str, ...]) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+# ---------------------------------------------------------------- multi-process
+
+
+def is_worker() -> bool:
+    """True inside a process started by torchrun (or accelerate launch)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def config_from_dict(raw: dict) -> Config:
+    hints = typing.get_type_hints(Config)
+    sections = {name: hints[name](**values) for name, values in raw.items() if name != "preset"}
+    return Config(preset=raw["preset"], **sections)
+
+
+def launch_workers(target: str, cfg: Config, kwargs: dict[str, Any], num_processes: int) -> None:
+    """Run ``target(cfg, **kwargs)`` ("module:function") in ``num_processes`` torchrun processes.
+
+    Blocks until they exit; raises RuntimeError if any failed. The workers see
+    RANK/WORLD_SIZE, so Trainer sets up DDP (gloo on CPU) or DeepSpeed by itself.
+    CPU threads are split between the processes so they do not oversubscribe.
+    """
+    spec = {"target": target, "config": dataclasses.asdict(cfg), "kwargs": kwargs}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+            "-m", "reverse_align.train.common", str(spec_path),
+        ]  # fmt: skip
+        returncode = subprocess.run(command, env=env).returncode
+    if returncode != 0:
+        raise RuntimeError(f"{num_processes} training processes exited with code {returncode}")
+
+
+def worker_main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    module_name, func_name = spec["target"].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    func(config_from_dict(spec["config"]), **spec["kwargs"])
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1])

@@ -1,0 +1,264 @@
+"""The `sft` stage: LoRA SFT on one of the four mixes of an invert run (Table 1, PROTOCOL §1-2).
+
+trl's SFTTrainer with a peft LoraConfig, configured from ``cfg.sft``/``cfg.lora``.
+Each example is the record's chat (formatting.chat_messages, the model's chat
+template), tokenized here so the loss mask and the token-based truncation are
+explicit: labels are -100 on the prompt, the loss is on the assistant turn
+(``<|im_start|>think\\n{thinking}\\n<|im_start|>answer\\n{attempt}<|im_end|>``)
+only. Sequences longer than ``model.max_length`` tokens are cut (keep start).
+Batches are padding-free (one flattened sequence, exact for a per-token loss).
+
+One MLflow run per SFT. It logs: params ``sft.mix``/``sft.data_run_id`` and the
+mix counts; ``mix/composition.json``; ``train/*`` curves at step = optimizer
+step; ``checkpoints/epoch-<n>/`` (adapter only) and ``resume/checkpoint-<step>/``
+(trainer state) per saved epoch; ``adapter/`` and the MLflow model ``model``;
+``sft/exact_match/<direction>`` (+ ``sft/base_exact_match/...``) on held-out
+synthetic problems. ``--run_id`` of an unfinished run resumes it from its last
+checkpoint. ``--num_processes N`` trains data-parallel via torchrun; only rank 0
+logs.
+"""
+
+from __future__ import annotations
+
+from reverse_align import tracking
+from reverse_align.config import Config
+from reverse_align.data.schema import DIRECTIONS, Record
+from reverse_align.errors import UserError
+from reverse_align.formatting import chat_messages, prompt_messages
+from reverse_align.train import common
+from reverse_align.train.mixes import MIXES, composition, compose_mix
+
+STAGE = "sft"
+TAG_STOPPED_AT_STEP = "reverse_align.stopped_at_step"
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_mix(data_run_id: str, mix: str, seed: int) -> list[Record]:
+    from reverse_align.data.invert import load_run_records
+
+    forward = load_run_records(data_run_id, tracking.ARTIFACT_FORWARD)
+    reverse = load_run_records(data_run_id, tracking.ARTIFACT_REVERSE)
+    return compose_mix(forward, reverse, mix, seed)
+
+
+def tokenize_example(tokenizer, record: Record) -> dict:
+    """``input_ids`` of the whole chat and ``completion_mask``: 1 on the assistant turn, 0 on the prompt."""
+    prompt = tokenizer.apply_chat_template(
+        prompt_messages(record.question), add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    full = tokenizer.apply_chat_template(chat_messages(record), tokenize=True, return_dict=True)["input_ids"]
+    if full[: len(prompt)] != prompt:
+        raise UserError(f"record {record.id}: the chat template renders the prompt differently inside the full chat")
+    return {"input_ids": full, "completion_mask": [0] * len(prompt) + [1] * (len(full) - len(prompt))}
+
+
+def build_dataset(tokenizer, records: list[Record], max_length: int):
+    """Tokenized examples cut to ``max_length`` tokens (keep the start), as a ``datasets.Dataset``.
+
+    Also returns counts: ``examples`` kept, ``truncated``, ``dropped`` (the
+    prompt alone filled ``max_length``: no assistant token left to learn from).
+    """
+    from datasets import Dataset
+
+    rows, truncated, dropped = [], 0, 0
+    for record in records:
+        row = tokenize_example(tokenizer, record)
+        if len(row["input_ids"]) > max_length:
+            truncated += 1
+            row = {key: values[:max_length] for key, values in row.items()}
+        if 1 not in row["completion_mask"]:
+            dropped += 1
+            continue
+        rows.append(row)
+    return Dataset.from_list(rows), {"examples": len(rows), "truncated": truncated, "dropped": dropped}
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def sft_args(cfg: Config, output_dir):
+    """trl SFTConfig from the ``sft:`` section; create before loading the model (DeepSpeed ZeRO-3 init)."""
+    from trl import SFTConfig
+
+    s = cfg.sft
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=s.epochs,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=s.weight_decay,
+        adam_beta1=s.adam_beta1,
+        adam_beta2=s.adam_beta2,
+        optim=s.optim,
+        max_grad_norm=s.max_grad_norm,
+        per_device_train_batch_size=s.per_device_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        bf16=s.bf16,
+        fp16=False,
+        seed=cfg.data.seed,
+        data_seed=cfg.data.seed,
+        logging_steps=s.logging_steps,
+        # Checkpoints are asked for by SaveEveryEpochsCallback (every N epochs).
+        save_strategy="no",
+        save_total_limit=2,
+        # Metrics go through MlflowMetricsCallback into the stage's run, nowhere else.
+        report_to=[],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        # Examples arrive tokenized and already cut to model.max_length (token-based truncation);
+        # trl builds labels from completion_mask: loss on the assistant turn only.
+        max_length=None,
+        completion_only_loss=True,
+        padding_free=s.padding_free,
+        **common.device_training_args(s.num_processes, s.deepspeed, cfg.model.gradient_checkpointing),
+    )
+
+
+def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
+    """SFTTrainer with a fresh LoRA adapter on the base model; returns (trainer, tokenizer, base path, data stats)."""
+    from trl import SFTTrainer
+
+    from reverse_align.models import load_model, load_tokenizer, resolve_base_model
+
+    args = sft_args(cfg, output_dir)
+    base_path = resolve_base_model(cfg)
+    tokenizer = load_tokenizer(cfg, base_path)
+    dataset, stats = build_dataset(tokenizer, records, cfg.model.max_length)
+    trainer = SFTTrainer(
+        model=load_model(cfg, base_path),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=common.peft_lora_config(cfg.lora),
+        callbacks=[
+            common.MlflowMetricsCallback(),
+            common.SaveEveryEpochsCallback(cfg.sft.save_every_epochs),
+            common.CheckpointLoggingCallback(common.epoch_checkpoint_name),
+            *callbacks,
+        ],
+    )
+    return trainer, tokenizer, base_path, stats
+
+
+# ---------------------------------------------------------------- quick check
+
+
+def exact_match_check(cfg: Config, model, tokenizer, data_run_id: str) -> dict[str, float]:
+    """Greedy exact match on the invert run's held-out synthetic problems, adapter on and off."""
+    import mlflow
+
+    from reverse_align.data.invert import load_run_records
+    from reverse_align.eval.generation import greedy_accuracy
+
+    if cfg.sft.exact_match_limit <= 0:
+        return {}
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(data_run_id, "data")}
+    metrics = {}
+    for direction, artifact in zip(DIRECTIONS, (tracking.ARTIFACT_TEST_FORWARD, tracking.ARTIFACT_TEST_REVERSE)):
+        if artifact not in names:
+            continue
+        tests = load_run_records(data_run_id, artifact)[: cfg.sft.exact_match_limit]
+        max_new_tokens = cfg.eval.max_new_tokens
+        metrics[tracking.metric_sft_exact_match(direction)] = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+        with model.disable_adapter():
+            base = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+        metrics[tracking.metric_sft_exact_match(direction, base=True)] = base
+    return metrics
+
+
+# ---------------------------------------------------------------- stage
+
+
+def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str | None = None, callbacks=()) -> None:
+    """Train one mix; on rank 0 (which holds the active run) log the adapter, model and quick check."""
+    import mlflow
+
+    records = load_mix(data_run_id, mix, cfg.data.seed)
+    output_dir = common.run_output_dir(run_id)
+    trainer, tokenizer, base_path, stats = build_trainer(cfg, records, output_dir, callbacks)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if not common.is_main_process():
+        return
+    mlflow.log_metrics({"sft/global_steps": trainer.state.global_step, **{f"sft/{k}": v for k, v in stats.items()}})
+    metrics = exact_match_check(cfg, trainer.model, tokenizer, data_run_id)
+    if metrics:
+        mlflow.log_metrics(metrics)
+    common.log_final_adapter(trainer.model, tokenizer, base_path)
+    summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    print(f"sft {mix}: {trainer.state.global_step} steps{'; ' + summary if summary else ''}")
+
+
+def train_in_worker(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str | None = None) -> None:
+    """One torchrun process of a multi-process SFT; rank 0 logs into the run its launcher opened."""
+    import mlflow
+
+    if common.is_main_process():
+        tracking.setup()
+        mlflow.start_run(run_id=run_id)
+    train(cfg, data_run_id, mix, run_id, resume_from)
+
+
+def _check_resumable(run_id: str, mix: str) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"--run_id {run_id}: no such run in {tracking.tracking_uri()}") from None
+    if run.data.tags.get(tracking.TAG_STAGE) != STAGE:
+        raise UserError(f"--run_id {run_id}: is not an sft run")
+    if run.info.status == "FINISHED":
+        raise UserError(f"--run_id {run_id}: sft run is already FINISHED")
+    if run.data.params.get("sft.mix", mix) != mix:
+        raise UserError(f"--run_id {run_id}: was started with --mix {run.data.params['sft.mix']}, not {mix}")
+
+
+def _note_resume(run_id: str, checkpoint: str | None) -> None:
+    """Tag and print where a resumed run stopped and where it continues from."""
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run_id, tracking.metric_train("loss"))
+    stopped = max((m.step for m in history), default=0)
+    resumed = common.resumed_step(checkpoint)
+    mlflow.set_tags({TAG_STOPPED_AT_STEP: stopped, tracking.TAG_RESUMED_FROM_STEP: resumed})
+    print(f"sft run {run_id}: stopped after step {stopped}; resuming from the checkpoint at step {resumed}")
+
+
+def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: str = "", callbacks=()) -> str:
+    """The stage. ``callbacks`` are extra TrainerCallbacks (single-process runs)."""
+    import mlflow
+
+    tracking.setup()
+    mix = mix or "forward"
+    if mix not in MIXES:
+        raise UserError(f"--mix {mix!r}: expected one of {', '.join(MIXES)}")
+    tracking.require_run(data_run_id, "invert", "data_run_id")
+    resuming = bool(run_id)
+    if resuming:
+        _check_resumable(run_id, mix)
+    if cfg.sft.num_processes < 1:
+        raise UserError(f"--num_processes {cfg.sft.num_processes}: expected 1 or more")
+    params = {"sft.mix": mix, "sft.data_run_id": data_run_id}
+    with tracking.stage_run(STAGE, cfg, upstream={"invert": data_run_id}, params=params, run_id=run_id or None) as run:
+        run_id = run.info.run_id
+        records = load_mix(data_run_id, mix, cfg.data.seed)
+        mix_info = composition(records, mix, cfg.data.seed)
+        mlflow.log_dict(mix_info, tracking.ARTIFACT_MIX)
+        existing = mlflow.MlflowClient().get_run(run_id).data.params
+        counts = {f"mix.{k}": mix_info[k] for k in ("examples", "forward", "reverse", "pairs")}
+        mlflow.log_params({k: v for k, v in counts.items() if k not in existing})
+        checkpoint = None
+        if resuming:
+            checkpoint = common.resume_checkpoint(common.run_output_dir(run_id), run_id)
+            _note_resume(run_id, checkpoint)
+        if cfg.sft.num_processes > 1:
+            kwargs = {"data_run_id": data_run_id, "mix": mix, "run_id": run_id, "resume_from": checkpoint}
+            common.launch_workers("reverse_align.train.sft:train_in_worker", cfg, kwargs, cfg.sft.num_processes)
+        else:
+            train(cfg, data_run_id, mix, run_id, checkpoint, callbacks)
+        print(f"sft run {run_id}: mix {mix}, {mix_info['forward']} forward + {mix_info['reverse']} reverse examples")
+        return run_id
