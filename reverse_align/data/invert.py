@@ -40,10 +40,15 @@ def invert_synthetic(forward: list[Record]) -> tuple[list[Record], list[dict]]:
     return reverses, rejected
 
 
-def _teacher_run_to_resume(cfg: Config, data_run_id: str, limit: str, run_id: str) -> str:
-    """The run to continue: ``--run_id``, else the newest unfinished one of the same inputs; locked for us."""
+def _teacher_run_to_resume(cfg: Config, data_run_id: str, limit: str, run_id: str, api_key: str) -> str:
+    """The run to continue: ``--run_id``, else the newest unfinished one of the same inputs; locked for us.
+
+    Key and templates are checked first, so that a missing key starts no run.
+    """
     from reverse_align.data import teacher
 
+    teacher.resolve_endpoint(cfg.invert, api_key)
+    teacher.load_templates(cfg.invert)
     if run_id:
         teacher.check_resumable(run_id, data_run_id, cfg, limit)
     else:
@@ -70,7 +75,7 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
             raise UserError(f"--limit {limit!r}: expected an integer") from None
     params = {"invert.limit": limit or "0"}
     if cfg.invert.teacher != synthetic.SOURCE:
-        run_id = _teacher_run_to_resume(cfg, data_run_id, limit, run_id)
+        run_id = _teacher_run_to_resume(cfg, data_run_id, limit, run_id, api_key)
     with tracking.stage_run(STAGE, cfg, upstream={"data": data_run_id}, params=params, run_id=run_id or None) as run:
         if cfg.invert.teacher == synthetic.SOURCE:
             if data_run.data.params.get("data.source") != synthetic.SOURCE:
