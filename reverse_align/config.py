@@ -182,6 +182,9 @@ class DPOConfig:
     precompute_ref_log_probs: bool = False
     # Save a checkpoint every N steps (0 = only the final adapter).
     save_every_steps: int = 50
+    # Save a checkpoint every N epochs instead of every N steps (0 = by steps). Not from the paper:
+    # the ALP probe (§3.2) scores DPO checkpoints per epoch.
+    save_every_epochs: int = 0
     num_processes: int = 1
     deepspeed: str = ""
     logging_steps: int = 1

@@ -14,19 +14,24 @@ trl's ``DPOTrainer`` configured, not subclassed:
   LoRA adapter from ``cfg.lora``; the reference is the base model (adapters
   disabled), which is the model DPO starts from.
 
-Logs trl's DPO metrics (``train/rewards/*``, ``train/logps/*``), adapter
-checkpoints under ``checkpoints/step-<n>/`` and the final ``adapter/``.
+One MLflow run per DPO, tagged with its upstream sft and invert runs. It logs:
+params ``dpo.direction``, ``dpo.reference`` (``sft`` or ``base``), ``sft.mix``;
+``dpo/pairs`` and ``dpo/prompts_truncated``; trl's DPO metrics as ``train/*``
+at step = optimizer step (``train/rewards/{chosen,rejected,margins,accuracies}``,
+``train/logps/{chosen,rejected}``, ``train/loss``); adapter checkpoints under
+``checkpoints/step-<n>/`` (or ``epoch-<n>`` with ``dpo.save_every_epochs``) and
+trainer state under ``resume/``; the final ``adapter/`` and MLflow model
+``model``. ``--run_id`` of an unfinished run resumes it from its last
+checkpoint; ``--num_processes N`` trains data-parallel via torchrun.
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.data.invert import load_run_records
 from reverse_align.errors import UserError
+from reverse_align.train import common
 from reverse_align.train.preferences import BOTH, check_direction, fit_prompts, preference_dataset, preference_pairs
 
 STAGE = "dpo"
@@ -41,6 +46,8 @@ def check_dpo_config(cfg: Config) -> None:
         raise UserError(f"dpo.beta must be > 0, got {d.beta}")
     if d.max_steps <= 0:
         raise UserError(f"dpo.max_steps must be > 0, got {d.max_steps}")
+    if d.num_processes < 1:
+        raise UserError(f"--num_processes {d.num_processes}: expected 1 or more")
     if d.max_prompt_length <= 0 or d.max_length <= d.max_prompt_length:
         raise UserError(
             f"dpo.max_length ({d.max_length}) must exceed dpo.max_prompt_length ({d.max_prompt_length}) > 0"
@@ -74,15 +81,17 @@ def load_pairs(cfg: Config, data_run_id: str, direction: str, tokenizer) -> tupl
     return fit_prompts(pairs, tokenizer, cfg.dpo.max_prompt_length)
 
 
-def dpo_arguments(cfg: Config, output_dir: str, report_to: str = "none"):
-    """trl's DPOConfig from ``cfg.dpo``: every paper number passed through (PROTOCOL §7: the released script did not)."""
-    import torch
+def dpo_arguments(cfg: Config, output_dir):
+    """trl's DPOConfig from ``cfg.dpo``: every paper number passed through (PROTOCOL §7: the released script did not).
+
+    Create before loading the model (DeepSpeed ZeRO-3 init).
+    """
     from trl import DPOConfig
 
     d = cfg.dpo
-    save_steps = d.save_every_steps if d.save_every_steps > 0 else d.max_steps
+    by_epochs = d.save_every_epochs > 0
     return DPOConfig(
-        output_dir=output_dir,
+        output_dir=str(output_dir),
         beta=d.beta,
         learning_rate=d.learning_rate,
         lr_scheduler_type=d.lr_scheduler,
@@ -90,145 +99,182 @@ def dpo_arguments(cfg: Config, output_dir: str, report_to: str = "none"):
         max_steps=d.max_steps,
         per_device_train_batch_size=d.per_device_batch_size,
         gradient_accumulation_steps=d.gradient_accumulation_steps,
-        bf16=d.bf16,
-        max_length=d.max_length,
         optim=d.optim,
+        bf16=d.bf16,
+        fp16=False,
+        # Prompt + completion, in tokens; the prompt was already cut to dpo.max_prompt_length (preferences.py).
+        max_length=d.max_length,
         precompute_ref_log_probs=d.precompute_ref_log_probs,
-        # trl defaults to True; the preset decides (A.4.1 on GPU, off on CPU).
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=save_steps,
-        logging_steps=d.logging_steps,
         seed=cfg.data.seed,
         data_seed=cfg.data.seed,
-        deepspeed=(d.deepspeed or None) if torch.cuda.is_available() else None,
-        use_cpu=not torch.cuda.is_available(),
-        report_to=report_to,
+        logging_steps=d.logging_steps,
+        # Checkpoints every N steps, or every N epochs through SaveEveryEpochsCallback.
+        save_strategy="no" if by_epochs or d.save_every_steps <= 0 else "steps",
+        save_steps=max(1, d.save_every_steps),
+        save_total_limit=2,
+        # Metrics go through common.MlflowMetricsCallback into the stage's run, nowhere else.
+        report_to=[],
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        # trl defaults gradient_checkpointing to True; device_training_args decides from the preset and hardware.
+        **common.device_training_args(d.num_processes, d.deepspeed, cfg.model.gradient_checkpointing),
     )
 
 
-def lora_config(cfg: Config):
-    """A fresh LoRA adapter for direct DPO.
-
-    trl computes log-probs from ``lm_head.weight`` directly and refuses a LoRA
-    layer on ``lm_head`` (it would never train), so that target is dropped here.
-    TODO(common.py): use the shared helper once the SFT stage lands, so SFT and direct DPO agree.
-    """
-    from peft import LoraConfig
-
-    targets = [m for m in cfg.lora.target_modules if m != "lm_head"]
-    return LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-
-
-def policy_model(cfg: Config, sft_adapter_dir: str | None):
+def policy_model(cfg: Config, sft_adapter_dir: str | None, base_path: str | None = None):
     """(model, peft_config) for DPOTrainer.
 
     With an SFT adapter: a PeftModel whose trainable ``default`` adapter is the
-    SFT adapter and no peft_config, which makes trl copy it to the frozen ``ref``.
-    Without: the bare base model and a LoRA config, which makes trl add a fresh
-    adapter and use the base model (adapters disabled) as the reference.
+    SFT adapter and no peft_config, which makes trl copy it to the frozen
+    ``ref`` adapter (LoRA layers and the ``modules_to_save`` lm_head alike).
+    Without: the bare base model and the LoRA config SFT uses, which makes trl
+    add a fresh adapter and use the base model (adapters disabled) as reference.
     """
     from peft import PeftModel
 
     from reverse_align.models import load_model
 
-    base = load_model(cfg)
+    base = load_model(cfg, base_path)
     if sft_adapter_dir is None:
-        return base, lora_config(cfg)
+        return base, common.peft_lora_config(cfg.lora)
     model = PeftModel.from_pretrained(base, sft_adapter_dir, adapter_name=POLICY_ADAPTER, is_trainable=True)
     return model, None
 
 
-def build_trainer(cfg: Config, model, peft_config, dataset, tokenizer, output_dir: str, callbacks=(), report_to="none"):
+def checkpoint_callbacks(cfg: Config) -> list:
+    if cfg.dpo.save_every_epochs > 0:
+        return [
+            common.SaveEveryEpochsCallback(cfg.dpo.save_every_epochs),
+            common.CheckpointLoggingCallback(common.epoch_checkpoint_name),
+        ]
+    return [common.CheckpointLoggingCallback(common.step_checkpoint_name)]
+
+
+def build_trainer(model, peft_config, dataset, tokenizer, args, callbacks=()):
     from trl import DPOTrainer
 
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         ref_model=None,
-        args=dpo_arguments(cfg, output_dir, report_to=report_to),
+        args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    if peft_config is None and not reference_adapter_is_frozen_copy(trainer.model):
+        # trl falls back to the base model as reference in some setups (see its source); never silently here.
+        raise RuntimeError("trl did not create the frozen 'ref' adapter: the reference would not be the SFT model")
+    return trainer
 
 
 def reference_adapter_is_frozen_copy(model) -> bool:
-    """True when the PeftModel holds a ``ref`` adapter with no trainable parameter."""
-    names = [n for n, _ in model.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
-    return bool(names) and not any(p.requires_grad for n, p in model.named_parameters() if n in set(names))
+    """True when the PeftModel holds a ``ref`` adapter and none of its parameters is trainable."""
+    ref = [p for n, p in model.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
+    return bool(ref) and not any(p.requires_grad for p in ref)
 
 
-def save_policy_adapter(model, directory: str | Path) -> Path:
-    """Save only the trained ``default`` adapter (never the ``ref`` copy) in PEFT format, safetensors."""
-    directory = Path(directory)
-    model.save_pretrained(directory, selected_adapters=[POLICY_ADAPTER], safe_serialization=True)
-    return directory
+# ---------------------------------------------------------------- stage
 
 
-def _mlflow_callback():
-    """Trainer logs into the active MLflow run at the optimizer step; adapter checkpoints on save.
+def train(
+    cfg: Config, sft_run_id: str, data_run_id: str, direction: str, run_id: str, resume_from: str | None = None,
+    callbacks=(),
+) -> None:
+    """Train; on rank 0 (which holds the active run) log counts, the final adapter and model."""
+    import tempfile
 
-    TODO(common.py): replace with the shared SFT/DPO callback once it lands.
-    """
-    import mlflow
-    from transformers import TrainerCallback
-
-    class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            numbers = {tracking.metric_train(k): float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if numbers and state.is_world_process_zero:
-                mlflow.log_metrics(numbers, step=state.global_step)
-
-        def on_save(self, args, state, control, model=None, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            with tempfile.TemporaryDirectory() as tmp:
-                save_policy_adapter(model, tmp)
-                mlflow.log_artifacts(tmp, tracking.checkpoint_artifact(f"step-{state.global_step}"))
-
-    return _Log()
-
-
-def run_dpo(cfg: Config, sft_run_id: str = "", data_run_id: str = "", direction: str = BOTH, run_id: str = "") -> str:
     import mlflow
 
-    from reverse_align.models import load_tokenizer
+    from reverse_align.models import load_tokenizer, resolve_base_model
+
+    output_dir = common.run_output_dir(run_id)
+    args = dpo_arguments(cfg, output_dir)  # before the model: DeepSpeed ZeRO-3 init
+    base_path = resolve_base_model(cfg)
+    tokenizer = load_tokenizer(cfg, base_path)
+    pairs, cut = load_pairs(cfg, data_run_id, direction, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter_dir = tracking.download_artifact(sft_run_id, tracking.ARTIFACT_ADAPTER, tmp) if sft_run_id else None
+        model, peft_config = policy_model(cfg, adapter_dir, base_path)
+    callbacks = [common.MlflowMetricsCallback(), *checkpoint_callbacks(cfg), *callbacks]
+    trainer = build_trainer(model, peft_config, preference_dataset(pairs), tokenizer, args, callbacks)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if not common.is_main_process():
+        return
+    mlflow.log_metrics({"dpo/pairs": len(pairs), "dpo/prompts_truncated": cut, "dpo/global_steps": trainer.state.global_step})
+    final = trainer.model
+    if REFERENCE_ADAPTER in final.peft_config:
+        final.delete_adapter(REFERENCE_ADAPTER)  # the result is the policy adapter alone, on the original base
+    common.log_final_adapter(final, tokenizer, base_path)
+
+
+def train_in_worker(
+    cfg: Config, sft_run_id: str, data_run_id: str, direction: str, run_id: str, resume_from: str | None = None
+) -> None:
+    """One torchrun process of a multi-process DPO; rank 0 logs into the run its launcher opened."""
+    import mlflow
+
+    if common.is_main_process():
+        tracking.setup()
+        mlflow.start_run(run_id=run_id)
+    train(cfg, sft_run_id, data_run_id, direction, run_id, resume_from)
+
+
+def _check_resumable(run_id: str, sft_run_id: str, direction: str) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"--run_id {run_id}: no such run in {tracking.tracking_uri()}") from None
+    if run.data.tags.get(tracking.TAG_STAGE) != STAGE:
+        raise UserError(f"--run_id {run_id}: is not a dpo run")
+    if run.info.status == "FINISHED":
+        raise UserError(f"--run_id {run_id}: dpo run is already FINISHED")
+    started_with = run.data.tags.get(tracking.tag_upstream("sft"), "")
+    if started_with != sft_run_id:
+        raise UserError(f"--run_id {run_id}: was started with --sft_run_id {started_with or '(empty)'}, not {sft_run_id or '(empty)'}")
+    if run.data.params.get("dpo.direction", direction) != direction:
+        raise UserError(f"--run_id {run_id}: was started with --direction {run.data.params['dpo.direction']}, not {direction}")
+
+
+def run_dpo(
+    cfg: Config, sft_run_id: str = "", data_run_id: str = "", direction: str = BOTH, run_id: str = "", callbacks=()
+) -> str:
+    """The stage. ``callbacks`` are extra TrainerCallbacks (single-process runs)."""
+    import mlflow
 
     tracking.setup()
+    direction = check_direction(direction or BOTH)
     check_dpo_config(cfg)
-    check_direction(direction)
     sft_run = tracking.require_run(sft_run_id, "sft", "sft_run_id") if sft_run_id else None
     require_pairs_run(data_run_id)
+    resuming = bool(run_id)
+    if resuming:
+        _check_resumable(run_id, sft_run_id, direction)
     params = {
         "dpo.direction": direction,
         "dpo.reference": "sft" if sft_run else "base",
         "sft.mix": sft_run.data.params.get("sft.mix", "") if sft_run else "none",
     }
+    sft_data = sft_run.data.tags.get(tracking.tag_upstream("invert")) if sft_run else None
+    if sft_data and sft_data != data_run_id:
+        print(f"note: sft run {sft_run_id} was trained on invert run {sft_data}; DPO pairs come from {data_run_id}")
     upstream = {"invert": data_run_id, "sft": sft_run_id}
     with tracking.stage_run(STAGE, cfg, upstream=upstream, params=params, run_id=run_id or None) as run:
-        tokenizer = load_tokenizer(cfg)
-        pairs, cut = load_pairs(cfg, data_run_id, direction, tokenizer)
-        mlflow.log_metrics({"dpo/pairs": len(pairs), "dpo/prompts_truncated": cut})
-        with tempfile.TemporaryDirectory() as tmp:
-            adapter_dir = None
-            if sft_run:
-                adapter_dir = tracking.download_artifact(sft_run_id, tracking.ARTIFACT_ADAPTER, tmp)
-            model, peft_config = policy_model(cfg, adapter_dir)
-            trainer = build_trainer(
-                cfg, model, peft_config, preference_dataset(pairs), tokenizer, str(Path(tmp) / "trainer"),
-                callbacks=[_mlflow_callback()],
-            )
-            if sft_run and not reference_adapter_is_frozen_copy(trainer.model):
-                raise RuntimeError("trl did not create the frozen 'ref' adapter; the reference would not be the SFT model")
-            trainer.train()
-            final = save_policy_adapter(trainer.model, Path(tmp) / tracking.ARTIFACT_ADAPTER)
-            tokenizer.save_pretrained(final)
-            mlflow.log_artifacts(str(final), tracking.ARTIFACT_ADAPTER)
-        print(f"dpo run {run.info.run_id}: {len(pairs)} pairs, reference = {'sft ' + sft_run_id if sft_run else 'base'}")
-        return run.info.run_id
+        run_id = run.info.run_id
+        checkpoint = None
+        if resuming:
+            checkpoint = common.resume_checkpoint(common.run_output_dir(run_id), run_id)
+            mlflow.set_tag(tracking.TAG_RESUMED_FROM_STEP, common.resumed_step(checkpoint))
+        kwargs = {
+            "sft_run_id": sft_run_id, "data_run_id": data_run_id, "direction": direction, "run_id": run_id,
+            "resume_from": checkpoint,
+        }  # fmt: skip
+        if cfg.dpo.num_processes > 1:
+            common.launch_workers("reverse_align.train.dpo:train_in_worker", cfg, kwargs, cfg.dpo.num_processes)
+        else:
+            train(cfg, callbacks=callbacks, **kwargs)
+        reference = f"sft run {sft_run_id}" if sft_run else "the base model"
+        print(f"dpo run {run_id}: direction {direction}, reference = {reference}")
+        return run_id

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.data.invert import load_run_records
-from reverse_align.train import dpo
+from reverse_align.train import common, dpo
 from reverse_align.train.preferences import preference_dataset, preference_pairs
 
 TOL = 1e-5
@@ -35,11 +35,13 @@ def sft_like_adapter(micro_base, tmp_path_factory) -> str:
 
     cfg = micro_cfg()
     torch.manual_seed(1)
-    model = get_peft_model(load_model(cfg), dpo.lora_config(cfg))
+    model = get_peft_model(load_model(cfg), common.peft_lora_config(cfg.lora))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.normal_(0.0, 0.05)
+            elif "modules_to_save" in name:  # the trained lm_head copy SFT saves in the adapter
+                param.add_(torch.randn_like(param) * 0.05)
     out = tmp_path_factory.mktemp("sft_like") / "adapter"
     model.save_pretrained(out, safe_serialization=True)
     return str(out)
@@ -85,7 +87,8 @@ def sft_model(cfg, adapter_dir):
 
 def make_trainer(cfg, adapter_dir, pairs, tokenizer, tmp_path):
     model, peft_config = dpo.policy_model(cfg, adapter_dir)
-    return dpo.build_trainer(cfg, model, peft_config, preference_dataset(pairs), tokenizer, str(tmp_path / "out"))
+    args = dpo.dpo_arguments(cfg, tmp_path / "out")
+    return dpo.build_trainer(model, peft_config, preference_dataset(pairs), tokenizer, args)
 
 
 def assert_close(actual, expected, what):
