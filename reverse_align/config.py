@@ -63,7 +63,7 @@ class SyntheticConfig:
     min_steps: int = 2
     max_steps: int = 3
     # Every intermediate value stays in [0, max_value].
-    max_value: int = 99
+    max_value: int = 49
     # Add/subtract operands are drawn from [1, max_addend].
     max_addend: int = 9
     # Multipliers are drawn from [2, max_multiplier].
@@ -81,10 +81,10 @@ class PretrainConfig:
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     # Optimisation of the from-scratch pretraining on single arithmetic steps.
-    steps: int = 3000
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 5e-3
+    warmup_steps: int = 50
     # Lines of arithmetic facts packed into one pretraining sequence.
     facts_per_sequence: int = 8
     # Register the model under this name and reuse it when present.

@@ -206,3 +206,28 @@ def pretraining_facts(cfg: SyntheticConfig) -> list[str]:
                 facts.append(fact(value, "*", operand))
                 facts.append(fact(value * operand, "/", operand))
     return facts
+
+
+def valid_steps(value: int, cfg: SyntheticConfig) -> list[tuple[str, int]]:
+    """Every single step (forward or undo) that keeps ``value`` inside the world."""
+    steps = [("+", k) for k in range(1, cfg.max_addend + 1) if value + k <= cfg.max_value]
+    steps += [("-", k) for k in range(1, cfg.max_addend + 1) if value - k >= 0]
+    steps += [("*", m) for m in range(2, cfg.max_multiplier + 1) if value * m <= cfg.max_value]
+    steps += [("/", m) for m in range(2, cfg.max_multiplier + 1) if value % m == 0 and value > 0]
+    return steps
+
+
+def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[str]:
+    """Chained single steps, each starting from the previous result.
+
+    Pretraining on walks teaches the steps and carrying a result to the next
+    line, the building blocks of both directions' traces, without ever showing
+    a question.
+    """
+    value = rng.randint(0, cfg.max_value)
+    lines = []
+    for _ in range(length):
+        op, operand = rng.choice(valid_steps(value, cfg))
+        lines.append(fact(value, op, operand))
+        value = apply(value, op, operand)
+    return lines

@@ -96,7 +96,7 @@ def build_model(cfg: Config, tokenizer):
 
 
 def fact_batches(cfg: Config, tokenizer, facts: list[str]):
-    """Endless batches of packed fact lines; each line ends with the pad/eot token."""
+    """Endless batches; each row is a random walk of `facts_per_sequence` chained steps."""
     import torch
 
     p = cfg.pretrain
@@ -106,7 +106,7 @@ def fact_batches(cfg: Config, tokenizer, facts: list[str]):
         rows = []
         for _ in range(p.batch_size):
             ids: list[int] = []
-            for f in rng.sample(facts, p.facts_per_sequence):
+            for f in synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence):
                 ids += encoded[f]
             rows.append(ids)
         width = max(len(r) for r in rows)

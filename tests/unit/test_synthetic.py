@@ -50,3 +50,16 @@ def test_pretraining_facts_cover_both_directions_but_no_questions():
     assert "12 * 3 = 36" in facts and "36 / 3 = 12" in facts
     assert "7 + 5 = 12" in facts and "12 - 5 = 7" in facts
     assert not any("Start with" in f or "?" in f for f in facts)
+
+
+def test_pretraining_walks_chain_valid_steps_inside_the_world():
+    import random
+
+    rng = random.Random(0)
+    facts = set(synthetic.pretraining_facts(CFG))
+    for _ in range(200):
+        walk = synthetic.random_walk(rng, CFG, 8)
+        assert len(walk) == 8 and set(walk) <= facts
+        results = [int(line.rsplit("= ", 1)[1]) for line in walk]
+        starts = [int(line.split(" ", 1)[0]) for line in walk]
+        assert starts[1:] == results[:-1]
