@@ -19,7 +19,7 @@ Every request is recorded (item, step, behaviour, times, whether the full
 response was written), so tests can count what was asked twice.
 
 Standalone (for bench/ and manual runs): ``python tests/fake_teacher.py --latency 0.1``
-prints the base URL and serves until killed.
+prints the base URL and serves until killed; ``GET <base_url>/requests`` returns the log.
 """
 
 from __future__ import annotations
@@ -102,9 +102,7 @@ class FakeTeacher:
 
     def start(self, port: int = 0) -> "FakeTeacher":
         handler = type("Handler", (_Handler,), {"teacher": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 256
+        self._server = _Server(("127.0.0.1", port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -183,6 +181,16 @@ def _prompt_question(prompt: str, step: str) -> str:
     return prompt[start : end if end >= 0 else None].strip()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the listen backlog: 32+ clients connect at once
+
+    def handle_error(self, request, client_address) -> None:
+        # A client killed mid-request (the SIGKILL tests) resets its connections: expected, not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     teacher: FakeTeacher
     protocol_version = "HTTP/1.1"
@@ -201,11 +209,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
+    def do_GET(self) -> None:
+        """``GET /requests``: the request log, for a server running in another process (bench/)."""
+        if self.path.rstrip("/").endswith("/requests"):
+            with self.teacher._lock:
+                rows = [vars(r) | {"authorization": ""} for r in self.teacher.requests]
+            self._send_json(200, rows)
+        else:
+            self._send_json(404, {"error": {"message": "not found"}})
+
     def do_POST(self) -> None:
         teacher = self.teacher
         length = int(self.headers.get("Content-Length", 0))
-        body = json.loads(self.rfile.read(length) or b"{}")
-        prompt = body["messages"][-1]["content"]
+        try:
+            body = json.loads(self.rfile.read(length))
+            prompt = body["messages"][-1]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):  # a client killed while sending
+            self.close_connection = True
+            return
         step = REVERSE if "New Question" in prompt else SOLUTION
         question = _prompt_question(prompt, step)
         item = item_key(question)
