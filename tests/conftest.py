@@ -75,3 +75,12 @@ def micro_invert(micro_data) -> str:
     from reverse_align.data.invert import run_invert
 
     return run_invert(load_config("micro"), data_run_id=micro_data)
+
+
+@pytest.fixture(scope="session")
+def micro_sft(micro_invert) -> str:
+    """Run id of a real micro SFT run (mix forward) over the micro invert run."""
+    from reverse_align.config import load_config
+    from reverse_align.train.sft import run_sft
+
+    return run_sft(load_config("micro"), data_run_id=micro_invert, mix="forward")

@@ -1,9 +1,11 @@
-"""DPO: the reference is the SFT model, before and after training; the stage logs what it should.
+"""The `dpo` stage on the micro world against a real sqlite MLflow store.
 
-The SFT model here is an adapter made in the test (peft on the micro base,
-weights perturbed so it differs from the base) until real SFT runs exist.
-Log-probs of the SFT model are computed independently: a fresh base model plus
-the saved adapter, a plain forward with full logits (not trl's fused head).
+The SFT model is a real micro SFT run (``micro_sft``). Its log-probs are
+computed independently of the trainer: a fresh base model plus the adapter
+downloaded from the SFT run. Covers: reference = SFT model at step 0 and after
+training (log-probs and bit-equal weights), direct DPO's reference = base, the
+prompt/completion format, one stage run's metrics/checkpoints/adapter/model,
+kill-and-resume into the same run, two CPU processes, and bad input.
 """
 
 from __future__ import annotations
@@ -26,25 +28,10 @@ def micro_cfg(*overrides: str):
     return load_config("micro", ["dpo.learning_rate=5e-3", "dpo.per_device_batch_size=4", *overrides])
 
 
-@pytest.fixture(scope="session")
-def sft_like_adapter(micro_base, tmp_path_factory) -> str:
-    """A LoRA adapter on the micro base with non-zero, random A and B (so it is not the base model)."""
-    from peft import get_peft_model
-
-    from reverse_align.models import load_model
-
-    cfg = micro_cfg()
-    torch.manual_seed(1)
-    model = get_peft_model(load_model(cfg), common.peft_lora_config(cfg.lora))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0.0, 0.05)
-            elif "modules_to_save" in name:  # the trained lm_head copy SFT saves in the adapter
-                param.add_(torch.randn_like(param) * 0.05)
-    out = tmp_path_factory.mktemp("sft_like") / "adapter"
-    model.save_pretrained(out, safe_serialization=True)
-    return str(out)
+@pytest.fixture(scope="module")
+def sft_adapter(micro_sft, tmp_path_factory) -> str:
+    """The real SFT run's final adapter (LoRA layers + the trained lm_head copy), downloaded."""
+    return tracking.download_artifact(micro_sft, tracking.ARTIFACT_ADAPTER, str(tmp_path_factory.mktemp("sft")))
 
 
 @pytest.fixture(scope="session")
@@ -96,16 +83,16 @@ def assert_close(actual, expected, what):
     assert diff <= TOL, f"{what}: max |diff| {diff:.3g} > {TOL}"
 
 
-def test_reference_is_the_sft_model_before_and_after_training(sft_like_adapter, micro_pairs, tmp_path):
+def test_reference_is_the_sft_model_before_and_after_training(sft_adapter, micro_pairs, tmp_path):
     from reverse_align.models import load_tokenizer
 
     cfg = micro_cfg("dpo.max_steps=3", "dpo.save_every_steps=0")
     tokenizer = load_tokenizer(cfg)
-    trainer = make_trainer(cfg, sft_like_adapter, micro_pairs, tokenizer, tmp_path)
+    trainer = make_trainer(cfg, sft_adapter, micro_pairs, tokenizer, tmp_path)
     policy = trainer.model
     assert dpo.reference_adapter_is_frozen_copy(policy)
     batch = first_batch(trainer)
-    sft_chosen, sft_rejected = sequence_logps(sft_model(cfg, sft_like_adapter), batch)
+    sft_chosen, sft_rejected = sequence_logps(sft_model(cfg, sft_adapter), batch)
 
     # The SFT model differs from the base model, so "reference = base" would fail below.
     with policy.disable_adapter():
@@ -134,7 +121,7 @@ def test_reference_is_the_sft_model_before_and_after_training(sft_like_adapter, 
     pol_chosen, pol_rejected = sequence_logps(policy, batch)
     assert (pol_chosen - sft_chosen).abs().max() > 1e-3
     # Weights: every "ref" tensor is still bit-equal to the saved SFT adapter; "default" tensors changed.
-    saved = load_file(f"{sft_like_adapter}/adapter_model.safetensors")
+    saved = load_file(f"{sft_adapter}/adapter_model.safetensors")
     ref = get_peft_model_state_dict(policy, adapter_name=dpo.REFERENCE_ADAPTER)
     trained = get_peft_model_state_dict(policy, adapter_name=dpo.POLICY_ADAPTER)
     assert ref.keys() == saved.keys() == trained.keys()
@@ -160,3 +147,134 @@ def test_direct_dpo_reference_is_the_base_model(micro_base, micro_pairs, tmp_pat
     assert_close(ref_chosen, base_chosen, "reference chosen")
     assert_close(ref_rejected, base_rejected, "reference rejected")
     assert_close(pol_chosen, base_chosen, "policy chosen, step 0 (LoRA B = 0)")
+
+
+def test_prompt_once_and_completions_in_the_sft_format(micro_base, micro_pairs, tmp_path):
+    from reverse_align.models import load_tokenizer
+
+    cfg = micro_cfg()
+    tokenizer = load_tokenizer(cfg)
+    trainer = make_trainer(cfg, None, micro_pairs, tokenizer, tmp_path)
+    for row, pair in zip(trainer.train_dataset, micro_pairs):
+        question = pair["prompt"][0]["content"]
+        prompt = tokenizer.decode(row["prompt_ids"])
+        assert prompt == tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+        # The question is in the prompt only; each completion is the assistant turn as SFT trains it.
+        for key in ("chosen", "rejected"):
+            completion = tokenizer.decode(row[f"{key}_ids"])
+            assert completion == pair[key][0]["content"] + "<|im_end|>\n"
+            assert (prompt + completion).count(question) == 1
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _steps(client, run_id: str, key: str = "loss") -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, tracking.metric_train(key))]
+
+
+@pytest.fixture(scope="module")
+def dpo_run(micro_sft, micro_invert) -> str:
+    """An uninterrupted 4-step DPO over the SFT run (checkpoints at steps 2 and 4)."""
+    return dpo.run_dpo(micro_cfg(), sft_run_id=micro_sft, data_run_id=micro_invert)
+
+
+def test_one_run_logs_dpo_metrics_checkpoints_adapter_and_model(dpo_run, micro_sft, micro_invert, client, tmp_path):
+    run = client.get_run(dpo_run)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.TAG_STAGE] == "dpo"
+    assert run.data.tags[tracking.tag_upstream("sft")] == micro_sft
+    assert run.data.tags[tracking.tag_upstream("invert")] == micro_invert
+    assert run.data.params["dpo.reference"] == "sft" and run.data.params["sft.mix"] == "forward"
+    assert run.data.params["dpo.beta"] == "0.6" and run.data.params["dpo.direction"] == "both"
+    assert run.data.metrics["dpo/pairs"] == 128 and run.data.metrics["dpo/global_steps"] == 4
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert _steps(client, dpo_run, key) == [1, 2, 3, 4], key
+    # Step 1 is computed before the first update: policy = reference = SFT model, so rewards are 0.
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert abs(client.get_metric_history(dpo_run, tracking.metric_train(key))[0].value) <= TOL, key
+
+    adapter_files = {"adapter_config.json", "adapter_model.safetensors"}
+    for path in ("checkpoints/step-2", "checkpoints/step-4", "adapter"):
+        assert {a.path.split("/")[-1] for a in client.list_artifacts(dpo_run, path)} == adapter_files
+    # The result is one adapter (the policy) on the original base: same tensors as the SFT adapter, new values.
+    final = load_file(tracking.download_artifact(dpo_run, "adapter/adapter_model.safetensors", str(tmp_path)))
+    sft = load_file(tracking.download_artifact(micro_sft, "adapter/adapter_model.safetensors", str(tmp_path / "s")))
+    assert final.keys() == sft.keys()
+    assert any(not torch.equal(final[k], sft[k]) for k in sft)
+    import mlflow
+
+    pipeline = mlflow.transformers.load_model(f"runs:/{dpo_run}/{tracking.ARTIFACT_MODEL}")
+    assert list(pipeline.model.peft_config) == ["default"]
+
+
+class CrashAtStep:
+    """A real exception inside the real trainer at a given optimizer step (the 'kill')."""
+
+    def __new__(cls, step: int):
+        from transformers import TrainerCallback
+
+        class _Crash(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise RuntimeError(f"killed at step {step}")
+
+        return _Crash()
+
+
+def test_killed_run_resumes_into_the_same_run(dpo_run, micro_sft, micro_invert, client):
+    import shutil
+
+    cfg = micro_cfg()
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, callbacks=[CrashAtStep(3)])
+    killed = client.search_runs(
+        [client.get_experiment_by_name("reverse-align").experiment_id],
+        f"tags.`{tracking.TAG_STAGE}` = 'dpo' and attributes.status = 'FAILED'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    run_id = killed.info.run_id
+    shutil.rmtree(common.run_output_dir(run_id))  # resume from the checkpoint logged to MLflow
+    assert dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, run_id=run_id) == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.TAG_RESUMED_FROM_STEP] == "2"
+    assert _steps(client, run_id) == [1, 2, 3, 4]
+    # Same reference, data order and RNG after the resume: the last margin matches the uninterrupted run.
+    resumed = client.get_metric_history(run_id, tracking.metric_train("rewards/margins"))[-1].value
+    uninterrupted = client.get_metric_history(dpo_run, tracking.metric_train("rewards/margins"))[-1].value
+    assert resumed == pytest.approx(uninterrupted, rel=1e-3, abs=1e-5)
+
+
+def test_direct_dpo_one_direction_in_two_cpu_processes(micro_invert, client):
+    run_id = dpo.run_dpo(
+        micro_cfg("dpo.num_processes=2", "dpo.max_steps=2", "dpo.save_every_steps=0"),
+        data_run_id=micro_invert,
+        direction="reverse",
+    )
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dpo.reference"] == "base" and run.data.params["dpo.direction"] == "reverse"
+    assert tracking.tag_upstream("sft") not in run.data.tags
+    assert run.data.metrics["dpo/pairs"] == 64
+    assert _steps(client, run_id) == [1, 2]
+    assert client.get_metric_history(run_id, tracking.metric_train("rewards/margins"))[0].value == pytest.approx(0, abs=TOL)
+
+
+def test_bad_input_is_one_line_exit_2(micro_invert, micro_data, micro_sft):
+    from conftest import run_cli
+
+    from reverse_align.errors import UserError
+
+    result = run_cli("dpo", "--preset", "micro", "--sft_run_id", micro_sft, "--data_run_id", micro_invert, "--beta", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: dpo.beta must be > 0, got 0.0"]
+    cfg = micro_cfg()
+    with pytest.raises(UserError, match=f"--sft_run_id {micro_invert}: is a invert run, expected sft"):
+        dpo.run_dpo(cfg, sft_run_id=micro_invert, data_run_id=micro_invert)
+    with pytest.raises(UserError, match="is a data run without reverses"):
+        dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_data)
+    with pytest.raises(UserError, match="--direction 'sideways'"):
+        dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, direction="sideways")
+    with pytest.raises(UserError, match="dpo.beta must be > 0"):
+        dpo.run_dpo(micro_cfg("dpo.beta=-0.1"), data_run_id=micro_invert)
