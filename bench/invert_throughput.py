@@ -58,11 +58,16 @@ def run_worker(base_url: str, journal: str, items: int, concurrency: int) -> dic
     start = time.perf_counter()
     outcome, usage = run_teacher(invert_config(concurrency), forward, Endpoint(base_url, "bench"), Path(journal), progress=False)
     seconds = time.perf_counter() - start
+    from reverse_align.data import synthetic
+
+    starts = {f.pair_id: synthetic.parse_question(f.question)[1].start for f in forward}
     return {
         "items": items,
         "seconds": seconds,
         "items_per_second": items / seconds,
         "accepted": len(outcome.reverses),
+        # Solved from the reverse question's text alone, equal to the teacher's gold and the forward start.
+        "recomputed_correct": sum(synthetic.solve(r.question) == int(r.gold) == starts[r.pair_id] for r in outcome.reverses),
         "rejected": len(outcome.rejected),
         "pending": len(outcome.pending),
         "requests": usage.requests,
@@ -128,6 +133,7 @@ def kill_and_resume(base_url: str, items: int, concurrency: int, kill_after: int
         "in_flight_resent": sum(1 for n in counts.values() if n > 1),
         "items_lost": items - final["accepted"] - final["rejected"],
         "accepted": final["accepted"],
+        "recomputed_correct": final["recomputed_correct"],
         "rejected": final["rejected"],
     }
 

@@ -467,6 +467,11 @@ def invert_with_teacher(cfg: Config, forward: list[Record], api_key: str = "", r
             outcome, usage = run_teacher(cfg.invert, forward, endpoint, path)
         except UserError as exc:
             raise UserError(redact(str(exc), endpoint.api_key)) from None
+        except Exception as exc:
+            # The run's error tag and the console get str(exc): never with the key in it.
+            if endpoint.api_key in str(exc):
+                raise RuntimeError(f"{type(exc).__name__}: {redact(str(exc), endpoint.api_key)}") from None
+            raise
         reasons = collections.Counter(row["reason"] for row in outcome.rejected)
         metrics = {tracking.metric_invert_rejected(reason): reasons.get(reason, 0) for reason in REASONS}
         metrics.update(
