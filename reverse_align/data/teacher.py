@@ -215,10 +215,13 @@ class Journal:
                 raw = raw[: raw.rfind(b"\n") + 1]
                 with path.open("r+b") as fh:
                     fh.truncate(len(raw))
-            for line in raw.decode().splitlines():
+            for number, line in enumerate(raw.decode().splitlines(), start=1):
                 if not line.strip():
                     continue
-                entry = json.loads(line)
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path} line {number}: malformed journal entry ({exc.msg})") from None
                 if entry.get("kind") == "header":
                     found_header = entry
                 else:

@@ -150,6 +150,19 @@ def test_resume_asks_only_what_the_journal_lacks_and_retries_given_up_steps(tmp_
         assert usage.requests == len(server.requests) == 2 * 8 + 2
 
 
+def test_a_line_torn_by_a_kill_is_dropped_and_the_journal_continues(tmp_path):
+    forward = _forward(4)
+    path = tmp_path / "j.jsonl"
+    with FakeTeacher() as server:
+        run_teacher(_cfg().invert, forward[:2], Endpoint(server.base_url, "k"), path, progress=False)
+        with path.open("a") as fh:
+            fh.write('{"item": "syn-train-00002-f", "step": "reverse", "kind": "ans')  # killed mid-write
+        outcome, _ = run_teacher(_cfg().invert, forward, Endpoint(server.base_url, "k"), path, progress=False)
+        assert len(outcome.reverses) == 4 and len(server.requests) == 8
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 8 and all(json.loads(line) for line in lines)
+
+
 def test_spend_cap_stops_cleanly_and_a_higher_cap_finishes(micro_data, client):
     cfg = _cfg("invert.max_requests=9", "invert.concurrency=2")
     with FakeTeacher(latency=0.02) as server:
