@@ -60,6 +60,8 @@ class FakeTeacher:
     stall_seconds: float = 5.0
     retry_after: str = "1"
     api_key: str = ""  # when set, other keys get a 401
+    # Like OpenAI's reasoning models: a 400 for max_tokens, which they replaced by max_completion_tokens.
+    refuse_max_tokens: bool = False
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self):
@@ -248,6 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if teacher.latency:
             time.sleep(teacher.latency)
+        if teacher.refuse_max_tokens and "max_tokens" in body:
+            message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+            self._send_json(400, {"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens"}})
+            record.behaviour = "400 max_tokens"
+            return
         if behaviour == "429":
             self._send_json(429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"Retry-After": teacher.retry_after})
             return

@@ -192,12 +192,13 @@ class TeacherClient:
             if attempt:
                 self.usage.retries += 1
             delay = None
+            tokens_param = self._tokens_param
             try:
                 response = await self._client.chat.completions.create(
                     model=self.cfg.teacher,
                     messages=[{"role": "user", "content": prompt}],
                     temperature=self.cfg.temperature,
-                    **{self._tokens_param: self.cfg.max_completion_tokens},
+                    **{tokens_param: self.cfg.max_completion_tokens},
                 )
                 if not getattr(response, "choices", None):
                     raise ValueError("response without choices")
@@ -205,7 +206,8 @@ class TeacherClient:
                 content, reasoning, refusal = _message_text(choice.message)
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                message = redact(_server_message(exc), self._secret)
+                raw_message = _server_message(exc)
+                message = redact(raw_message, self._secret)
                 if status in (401, 403):
                     raise UserError(f"teacher at {self._base_url} refused the API key (HTTP {status}): {message}") from None
                 if status == 404:
@@ -213,7 +215,7 @@ class TeacherClient:
                         f"teacher at {self._base_url}: HTTP 404 for model {self.cfg.teacher!r} "
                         f"(wrong --base_url or --teacher?): {message}"
                     ) from None
-                if status == 400 and self._tokens_param == "max_tokens" and "max_completion_tokens" in message:
+                if status == 400 and tokens_param == "max_tokens" and "max_completion_tokens" in raw_message:
                     self._tokens_param = "max_completion_tokens"
                     continue
                 if status not in RETRYABLE_STATUS and status < 500:

@@ -150,6 +150,14 @@ def test_resume_asks_only_what_the_journal_lacks_and_retries_given_up_steps(tmp_
         assert usage.requests == len(server.requests) == 2 * 8 + 2
 
 
+def test_a_server_that_wants_max_completion_tokens_gets_it(tmp_path):
+    forward = _forward(6)
+    with FakeTeacher(refuse_max_tokens=True) as server:
+        outcome, _ = run_teacher(_cfg("invert.concurrency=2").invert, forward, Endpoint(server.base_url, "k"), tmp_path / "j.jsonl", progress=False)
+        assert len(outcome.reverses) == 6 and outcome.rejected == []
+        assert 1 <= server.count(answered=False) <= 2  # one refusal per worker at most, then the other name
+
+
 def test_a_line_torn_by_a_kill_is_dropped_and_the_journal_continues(tmp_path):
     forward = _forward(4)
     path = tmp_path / "j.jsonl"

@@ -126,3 +126,45 @@ def test_template_override_must_exist_and_have_placeholders(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("Solve: {question}")
     assert load_templates(InvertConfig(solution_template=str(good))).solution == "Solve: {question}"
+
+
+# -- endpoint and Retry-After (reverse_align.data.teacher_client) ---------------------------------
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    for name in ("OPENAI_API_KEY", "DEEPSEEK_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_endpoint_from_parameters_then_environment(clean_env):
+    from reverse_align.data.teacher_client import DEEPSEEK_BASE_URL, resolve_endpoint
+
+    clean_env.setenv("OPENAI_API_KEY", "sk-openai")
+    clean_env.setenv("OPENAI_BASE_URL", "http://vllm:8000/v1")
+    assert resolve_endpoint(InvertConfig()) == resolve_endpoint(InvertConfig(base_url="http://vllm:8000/v1"))
+    assert resolve_endpoint(InvertConfig()).api_key == "sk-openai"
+    assert resolve_endpoint(InvertConfig(), api_key="sk-param").api_key == "sk-param"
+    clean_env.setenv("DEEPSEEK_API_KEY", "sk-deepseek")
+    deepseek = resolve_endpoint(InvertConfig(base_url="https://api.deepseek.com"))
+    assert deepseek.api_key == "sk-deepseek"  # a DeepSeek endpoint prefers its own key
+    clean_env.delenv("OPENAI_API_KEY")
+    clean_env.delenv("OPENAI_BASE_URL")
+    only_deepseek = resolve_endpoint(InvertConfig())
+    assert only_deepseek.base_url == DEEPSEEK_BASE_URL and only_deepseek.api_key == "sk-deepseek"
+    assert "sk-deepseek" not in repr(only_deepseek)
+
+
+def test_retry_after_in_milliseconds_seconds_or_a_date():
+    import email.utils
+    import time
+
+    from reverse_align.data.teacher_client import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_seconds({"retry-after": "7"}) == 7.0
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= retry_after_seconds({"retry-after": date}) <= 30
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
