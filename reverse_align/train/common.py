@@ -17,7 +17,9 @@ subclasses or copies a trainer.
   scheduler, RNG, trainer_state.json) -> ``resume/checkpoint-<step>/``.
 - :func:`resume_checkpoint` - the checkpoint to resume from: the newest local
   one, else the newest one logged to MLflow, downloaded; None to start fresh.
-- :func:`log_final_adapter` - the final adapter -> ``adapter/`` and an MLflow
+- :func:`save_final_adapter` - the trained adapter -> ``<output_dir>/final`` (all ranks).
+- :func:`load_adapter_model` - base model + a saved adapter (a ``PeftModel``).
+- :func:`log_final_adapter` - a saved adapter -> ``adapter/`` and an MLflow
   transformers model (adapter + a reference to the base model) -> ``model``.
 - :func:`is_worker`, :func:`is_main_process`, :func:`launch_workers` - run a
   stage function in ``num_processes`` data-parallel processes via torchrun
@@ -105,7 +107,11 @@ def device_training_args(num_processes: int, deepspeed: str, gradient_checkpoint
         # LoRA: every trainable parameter takes part in every step.
         args["ddp_find_unused_parameters"] = False
         if on_gpu and deepspeed:
-            args["deepspeed"] = deepspeed
+            # Relative paths (configs/deepspeed/zero3.json) are the project's, wherever the run starts.
+            path = Path(deepspeed)
+            if not path.is_absolute() and not path.exists():
+                path = Path(__file__).resolve().parents[2] / path
+            args["deepspeed"] = str(path)
     return args
 
 
@@ -265,8 +271,24 @@ def resumed_step(checkpoint: str | None) -> int:
 # ---------------------------------------------------------------- final model
 
 
-def log_final_adapter(model, tokenizer, base_model_path: str) -> None:
-    """The trained adapter -> ``adapter/`` (PEFT, safetensors) and an MLflow model -> ``model``.
+def save_final_adapter(trainer, output_dir: Path) -> Path:
+    """Save the trained adapter to ``output_dir/final`` (call on every rank: ZeRO-3 gathers the shards)."""
+    final = Path(output_dir) / "final"
+    trainer.save_model(str(final))
+    return final
+
+
+def load_adapter_model(cfg: Config, base_model_path: str, adapter_dir: Path):
+    """The base model with a saved adapter on top, as every later stage loads it."""
+    from peft import PeftModel
+
+    from reverse_align.models import load_model
+
+    return PeftModel.from_pretrained(load_model(cfg, base_model_path), str(adapter_dir))
+
+
+def log_final_adapter(adapter_dir: Path, model, tokenizer, base_model_path: str) -> None:
+    """A saved adapter -> ``adapter/`` (PEFT, safetensors) and ``model`` (a PeftModel of it) -> the MLflow model.
 
     The MLflow model is mlflow.transformers' PEFT format: the adapter plus a
     reference to the base model. A local base directory is referenced by path
@@ -275,10 +297,8 @@ def log_final_adapter(model, tokenizer, base_model_path: str) -> None:
     """
     import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for file_name in ADAPTER_FILES:
-            mlflow.log_artifact(str(Path(tmp) / file_name), artifact_path=tracking.ARTIFACT_ADAPTER)
+    for file_name in ADAPTER_FILES:
+        mlflow.log_artifact(str(Path(adapter_dir) / file_name), artifact_path=tracking.ARTIFACT_ADAPTER)
     local_base = base_model_path if Path(base_model_path).is_dir() else None
     mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},

@@ -180,13 +180,17 @@ def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str
     output_dir = common.run_output_dir(run_id)
     trainer, tokenizer, base_path, stats = build_trainer(cfg, records, output_dir, callbacks)
     trainer.train(resume_from_checkpoint=resume_from)
+    final_dir = common.save_final_adapter(trainer, output_dir)
     if not common.is_main_process():
         return
     mlflow.log_metrics({"sft/global_steps": trainer.state.global_step, **{f"sft/{k}": v for k, v in stats.items()}})
-    metrics = exact_match_check(cfg, trainer.model, tokenizer, data_run_id)
+    # Reloaded from what was saved: the quick check and the MLflow model see exactly the logged adapter
+    # (and under ZeRO-3 the trainer's copy is sharded).
+    model = common.load_adapter_model(cfg, base_path, final_dir)
+    metrics = exact_match_check(cfg, model, tokenizer, data_run_id)
     if metrics:
         mlflow.log_metrics(metrics)
-    common.log_final_adapter(trainer.model, tokenizer, base_path)
+    common.log_final_adapter(final_dir, model, tokenizer, base_path)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     print(f"sft {mix}: {trainer.state.global_step} steps{'; ' + summary if summary else ''}")
 
