@@ -19,8 +19,8 @@ subclasses or copies a trainer.
   one, else the newest one logged to MLflow, downloaded; None to start fresh.
 - :func:`save_final_adapter` - the trained adapter -> ``<output_dir>/final`` (all ranks).
 - :func:`load_adapter_model` - base model + a saved adapter (a ``PeftModel``).
-- :func:`log_final_adapter` - a saved adapter -> ``adapter/`` and an MLflow
-  transformers model (adapter + a reference to the base model) -> ``model``.
+- :func:`log_final_adapter` - a trained PeftModel's adapter -> ``adapter/`` and
+  an MLflow transformers model (adapter + a reference to the base model) -> ``model``.
 - :func:`is_worker`, :func:`is_main_process`, :func:`launch_workers` - run a
   stage function in ``num_processes`` data-parallel processes via torchrun
   (gloo on CPU, NCCL/DeepSpeed on GPUs); ``python -m reverse_align.train.common
@@ -287,8 +287,8 @@ def load_adapter_model(cfg: Config, base_model_path: str, adapter_dir: Path):
     return PeftModel.from_pretrained(load_model(cfg, base_model_path), str(adapter_dir))
 
 
-def log_final_adapter(adapter_dir: Path, model, tokenizer, base_model_path: str) -> None:
-    """A saved adapter -> ``adapter/`` (PEFT, safetensors) and ``model`` (a PeftModel of it) -> the MLflow model.
+def log_final_adapter(model, tokenizer, base_model_path: str) -> None:
+    """A trained PeftModel -> ``adapter/`` (PEFT, safetensors) and the MLflow model ``model``.
 
     The MLflow model is mlflow.transformers' PEFT format: the adapter plus a
     reference to the base model. A local base directory is referenced by path
@@ -297,8 +297,10 @@ def log_final_adapter(adapter_dir: Path, model, tokenizer, base_model_path: str)
     """
     import mlflow
 
-    for file_name in ADAPTER_FILES:
-        mlflow.log_artifact(str(Path(adapter_dir) / file_name), artifact_path=tracking.ARTIFACT_ADAPTER)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for file_name in ADAPTER_FILES:
+            mlflow.log_artifact(str(Path(tmp) / file_name), artifact_path=tracking.ARTIFACT_ADAPTER)
     local_base = base_model_path if Path(base_model_path).is_dir() else None
     mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},

@@ -190,7 +190,7 @@ def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str
     metrics = exact_match_check(cfg, model, tokenizer, data_run_id)
     if metrics:
         mlflow.log_metrics(metrics)
-    common.log_final_adapter(final_dir, model, tokenizer, base_path)
+    common.log_final_adapter(model, tokenizer, base_path)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     print(f"sft {mix}: {trainer.state.global_step} steps{'; ' + summary if summary else ''}")
 
