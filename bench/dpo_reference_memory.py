@@ -23,7 +23,7 @@ Each variant runs in its own subprocess. Measured (Linux /proc):
 - whole-process peak RSS (ru_maxrss), which also counts imports and the
   transient copies made while loading, for context.
 
-Usage: python bench/dpo_reference_memory.py [--hidden 2048] [--layers 4] [--steps 3]
+Usage: python bench/dpo_reference_memory.py [--hidden 2048] [--layers 8] [--steps 3]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def run_variant(variant: str, work: Path, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--work", help=argparse.SUPPRESS)
