@@ -129,6 +129,18 @@ def test_reference_is_the_sft_model_before_and_after_training(sft_adapter, micro
     assert sum(not torch.equal(trained[k], saved[k]) for k in saved) == len(saved)
 
 
+def test_precomputed_reference_is_the_sft_model(sft_adapter, micro_pairs, tmp_path):
+    from reverse_align.models import load_tokenizer
+
+    cfg = micro_cfg("dpo.precompute_ref_log_probs=true")
+    trainer = make_trainer(cfg, sft_adapter, micro_pairs, load_tokenizer(cfg), tmp_path)
+    batch = first_batch(trainer)
+    sft_chosen, sft_rejected = sequence_logps(sft_model(cfg, sft_adapter), batch)
+    rows = trainer.train_dataset[: len(sft_chosen)]
+    assert_close(torch.tensor(rows["ref_chosen_logps"]), sft_chosen, "precomputed reference chosen")
+    assert_close(torch.tensor(rows["ref_rejected_logps"]), sft_rejected, "precomputed reference rejected")
+
+
 def test_direct_dpo_reference_is_the_base_model(micro_base, micro_pairs, tmp_path):
     from reverse_align.models import load_model, load_tokenizer
 
