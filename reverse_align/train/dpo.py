@@ -71,6 +71,18 @@ def require_pairs_run(data_run_id: str):
     return tracking.require_run(data_run_id, "invert", "data_run_id")
 
 
+def check_same_base(cfg: Config, sft_run) -> None:
+    """The SFT adapter only means the SFT model on the base model it was trained on."""
+    keys = ["model.name"] + (["pretrain.registered_model"] if cfg.model.name == "tiny-base" else [])
+    ours = cfg.flat()
+    for key in keys:
+        theirs = sft_run.data.params.get(key)
+        if theirs is not None and theirs != str(ours[key]):
+            raise UserError(
+                f"--sft_run_id {sft_run.info.run_id}: trained with {key}={theirs}, this DPO has {key}={ours[key]}"
+            )
+
+
 def load_pairs(cfg: Config, data_run_id: str, direction: str, tokenizer) -> tuple[list[dict], int]:
     forward = load_run_records(data_run_id, tracking.ARTIFACT_FORWARD)
     try:
@@ -248,6 +260,8 @@ def run_dpo(
     direction = check_direction(direction or BOTH)
     check_dpo_config(cfg)
     sft_run = tracking.require_run(sft_run_id, "sft", "sft_run_id") if sft_run_id else None
+    if sft_run:
+        check_same_base(cfg, sft_run)
     require_pairs_run(data_run_id)
     resuming = bool(run_id)
     if resuming:
