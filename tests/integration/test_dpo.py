@@ -290,3 +290,6 @@ def test_bad_input_is_one_line_exit_2(micro_invert, micro_data, micro_sft):
         dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, direction="sideways")
     with pytest.raises(UserError, match="dpo.beta must be > 0"):
         dpo.run_dpo(micro_cfg("dpo.beta=-0.1"), data_run_id=micro_invert)
+    # An SFT adapter is only the SFT model on the base it was trained on.
+    with pytest.raises(UserError, match="trained with pretrain.registered_model=reverse-align-tiny-base-micro"):
+        dpo.run_dpo(load_config("tiny"), sft_run_id=micro_sft, data_run_id=micro_invert)
