@@ -95,6 +95,18 @@ def metric_sft_exact_match(direction: str, base: bool = False) -> str:
     return f"sft/{'base_' if base else ''}exact_match/{direction}"
 
 
+# dpo: preference pairs trained on, prompts cut to dpo.max_prompt_length tokens, optimizer steps taken.
+METRIC_DPO_PAIRS = "dpo/pairs"
+METRIC_DPO_PROMPTS_TRUNCATED = "dpo/prompts_truncated"
+METRIC_DPO_GLOBAL_STEPS = "dpo/global_steps"
+# trl's DPO metrics, logged per step as train/<key>: rewards = beta * (policy - reference) log-prob
+# of the chosen/rejected completion, margins = chosen - rejected, accuracies = share with margin > 0;
+# logps = the policy's summed completion log-probs.
+DPO_TRAIN_METRICS = (
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+)  # fmt: skip
+
+
 def resume_artifact(checkpoint_dir_name: str) -> str:
     return f"{ARTIFACT_RESUME}/{checkpoint_dir_name}"
 

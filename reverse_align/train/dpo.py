@@ -212,7 +212,13 @@ def train(
     trainer.train(resume_from_checkpoint=resume_from)
     if not common.is_main_process():
         return
-    mlflow.log_metrics({"dpo/pairs": len(pairs), "dpo/prompts_truncated": cut, "dpo/global_steps": trainer.state.global_step})
+    mlflow.log_metrics(
+        {
+            tracking.METRIC_DPO_PAIRS: len(pairs),
+            tracking.METRIC_DPO_PROMPTS_TRUNCATED: cut,
+            tracking.METRIC_DPO_GLOBAL_STEPS: trainer.state.global_step,
+        }
+    )
     final = trainer.model
     if REFERENCE_ADAPTER in final.peft_config:
         final.delete_adapter(REFERENCE_ADAPTER)  # the result is the policy adapter alone, on the original base

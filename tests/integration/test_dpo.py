@@ -200,7 +200,7 @@ def test_one_run_logs_dpo_metrics_checkpoints_adapter_and_model(dpo_run, micro_s
     assert run.data.params["dpo.reference"] == "sft" and run.data.params["sft.mix"] == "forward"
     assert run.data.params["dpo.beta"] == "0.6" and run.data.params["dpo.direction"] == "both"
     assert run.data.metrics["dpo/pairs"] == 128 and run.data.metrics["dpo/global_steps"] == 4
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for key in tracking.DPO_TRAIN_METRICS:
         assert _steps(client, dpo_run, key) == [1, 2, 3, 4], key
     # Step 1 is computed before the first update: policy = reference = SFT model, so rewards are 0.
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
