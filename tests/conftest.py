@@ -8,6 +8,7 @@ pretrained once per session through the real `pretrain` stage.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,13 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("MLFLOW_RUN_ID", None)
 os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 os.chdir(SESSION_DIR)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave nothing behind in /tmp (set REVERSE_ALIGN_KEEP_TEST_DIR=1 to inspect a failure)."""
+    if not os.environ.get("REVERSE_ALIGN_KEEP_TEST_DIR"):
+        os.chdir(ROOT)
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -31,6 +31,23 @@ def select_probe(records: list[Record], tokenizer, size: int) -> list[Record]:
     return ranked[:size]
 
 
+def dataset_source(artifact_path: str):
+    """Where a logged artifact can be read back, as an mlflow.data source.
+
+    mlflow.data has no resolver for ``mlflow-artifacts:`` URIs (a remote
+    `mlflow server` with proxied artifacts), so those become the server's HTTP URL.
+    """
+    import mlflow
+
+    uri = f"{mlflow.active_run().info.artifact_uri}/{artifact_path}"
+    if uri.startswith("mlflow-artifacts:"):
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        path = uri.split(":", 1)[1].lstrip("/")
+        return HTTPDatasetSource(f"{tracking.tracking_uri().rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{path}")
+    return uri
+
+
 def log_records(records: list[Record], artifact_path: str, name: str, context: str) -> None:
     """Records as a JSONL artifact and as an mlflow.data dataset input of the run."""
     import mlflow
@@ -39,8 +56,7 @@ def log_records(records: list[Record], artifact_path: str, name: str, context: s
     rows = [r.to_dict() for r in records]
     tracking.log_jsonl(rows, artifact_path)
     frame = pd.DataFrame(rows, columns=list(Record.__dataclass_fields__))
-    source = f"{mlflow.active_run().info.artifact_uri}/{artifact_path}"
-    mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name), context=context)
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=dataset_source(artifact_path), name=name), context=context)
 
 
 def run_data(cfg: Config) -> str:
