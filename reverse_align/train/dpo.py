@@ -251,9 +251,11 @@ def _check_resumable(run_id: str, sft_run_id: str, direction: str) -> None:
         raise UserError(f"--run_id {run_id}: dpo run is already FINISHED")
     started_with = run.data.tags.get(tracking.tag_upstream("sft"), "")
     if started_with != sft_run_id:
-        raise UserError(f"--run_id {run_id}: was started with --sft_run_id {started_with or '(empty)'}, not {sft_run_id or '(empty)'}")
-    if run.data.params.get("dpo.direction", direction) != direction:
-        raise UserError(f"--run_id {run_id}: was started with --direction {run.data.params['dpo.direction']}, not {direction}")
+        was, now = started_with or "(empty)", sft_run_id or "(empty)"
+        raise UserError(f"--run_id {run_id}: was started with --sft_run_id {was}, not {now}")
+    was = run.data.params.get("dpo.direction", direction)
+    if was != direction:
+        raise UserError(f"--run_id {run_id}: was started with --direction {was}, not {direction}")
 
 
 def run_dpo(
