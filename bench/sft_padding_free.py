@@ -9,7 +9,7 @@ so peak memory is measured separately. Tokens/second counts real tokens only.
 The model is the tiny preset's architecture with random weights (speed does not
 depend on the weights), so no registered model or store is needed.
 
-Usage: python bench/sft_padding_free.py [--examples 128] [--batch 16] [--median 96]
+Usage: python bench/sft_padding_free.py [--examples 128] [--batch 16] [--median 88] [--hidden 512]
 """
 
 import argparse
@@ -100,17 +100,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--median", type=int, default=96, help="median thinking tokens")
+    parser.add_argument("--median", type=int, default=88, help="median thinking tokens (longest + prompt stays within 512 positions)")
+    parser.add_argument("--hidden", type=int, default=0, help="model width (0 = the tiny preset's)")
     args = parser.parse_args()
 
     from reverse_align.config import load_config
     from reverse_align.train.pretrain import build_model, build_tokenizer
 
-    cfg = load_config("tiny")
+    # A wider model has an LLM's FLOP mix (linear layers dominate attention); the tiny one is attention-bound.
+    width = [f"pretrain.hidden_size={args.hidden}", f"pretrain.intermediate_size={4 * args.hidden}"] if args.hidden else []
+    cfg = load_config("tiny", width)
     lengths = s1k_like_lengths(args.examples, args.median)
     print(
         f"{args.examples} examples, batch {args.batch}; thinking tokens: median {lengths[len(lengths) // 2]}, "
-        f"max {max(lengths)} (max/median {max(lengths) / lengths[len(lengths) // 2]:.1f})"
+        f"max {max(lengths)} (max/median {max(lengths) / lengths[len(lengths) // 2]:.1f}); "
+        f"model hidden {cfg.pretrain.hidden_size} x {cfg.pretrain.num_layers} layers"
     )
     context = multiprocessing.get_context("spawn")
     results = {}
