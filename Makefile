@@ -8,6 +8,8 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
+# MLproject commands run `python`: make it the venv's, as an activated venv would.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup study test test-slow bench clean
 

@@ -16,7 +16,12 @@ def test_mlflow_run_data_entry_point(micro_base, client):
          "--env-manager", "local"],
         capture_output=True, text=True, cwd=SESSION_DIR, timeout=600,
         # As a user's shell: no experiment chosen, so `mlflow run` puts its launcher run in Default.
-        env={k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items() if k != "MLFLOW_EXPERIMENT_ID"},
+        # MLproject commands run `python`; a user's activated venv puts ours first on PATH.
+        env={
+            k: v
+            for k, v in {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}.items()
+            if k != "MLFLOW_EXPERIMENT_ID"
+        },
     )
     assert result.returncode == 0, result.stderr[-2000:]
     experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
