@@ -87,6 +87,8 @@ class PretrainConfig:
     warmup_steps: int = 50
     # Lines of arithmetic facts packed into one pretraining sequence.
     facts_per_sequence: int = 8
+    # Fraction of pretraining sequences that repeat their walk (teaches looking back to copy).
+    copy_fraction: float = 0.0
     # Register the model under this name and reuse it when present.
     registered_model: str = "reverse-align-tiny-base"
 

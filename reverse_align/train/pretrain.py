@@ -106,7 +106,13 @@ def fact_batches(cfg: Config, tokenizer, facts: list[str]):
         rows = []
         for _ in range(p.batch_size):
             ids: list[int] = []
-            for f in synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence):
+            walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
+            if rng.random() < p.copy_fraction:
+                # A walk seen twice: the second copy is predictable only by looking back, which
+                # grows the attention heads that later copy operands out of a question.
+                half = walk[: max(1, len(walk) // 2)]
+                walk = half + half
+            for f in walk:
                 ids += encoded[f]
             rows.append(ids)
         width = max(len(r) for r in rows)
