@@ -1,0 +1,29 @@
+"""`main` chains every stage on a preset and reuses finished runs the second time."""
+
+from reverse_align import tracking
+from reverse_align.config import load_config
+from reverse_align.pipeline import run_main
+
+
+def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
+    cfg = load_config(
+        "micro", ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline", "sft.exact_match_limit=0"]
+    )
+    first = run_main(cfg)
+    parent = client.get_run(first)
+    assert parent.info.status == "FINISHED"
+    keys = {k.removeprefix(tracking.TAG_UPSTREAM_PREFIX) for k in parent.data.tags if k.startswith(tracking.TAG_UPSTREAM_PREFIX)}
+    assert keys == {"data", "invert", "sft.forward", "sft.reverse", "sft.mixed", "sft.mixed_half",
+                    "dpo.forward", "dpo.reverse", "dpo.mixed", "dpo.direct"}
+    children = {k: parent.data.tags[tracking.tag_upstream(k)] for k in keys}
+    for key, run_id in children.items():
+        child = client.get_run(run_id)
+        assert child.info.status == "FINISHED", key
+        assert child.data.tags["mlflow.parentRunId"] == first
+    assert client.get_run(children["dpo.mixed"]).data.tags[tracking.tag_upstream("sft")] == children["sft.mixed"]
+    assert tracking.tag_upstream("sft") not in client.get_run(children["dpo.direct"]).data.tags
+
+    capsys.readouterr()
+    second = client.get_run(run_main(cfg))
+    assert "reusing finished run" in capsys.readouterr().out
+    assert {k: second.data.tags[tracking.tag_upstream(k)] for k in keys} == children
