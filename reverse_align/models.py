@@ -67,12 +67,16 @@ def resolve_base_model(cfg: Config) -> str:
 
         from reverse_align import tracking
 
-        target.parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        partial = target.parent / f".{version.run_id}.partial"
+        partial.mkdir(parents=True, exist_ok=True)
         downloaded = mlflow.artifacts.download_artifacts(
-            artifact_uri=version.source, dst_path=str(target.parent / f".{version.run_id}.partial"),
-            tracking_uri=tracking.tracking_uri(),
+            artifact_uri=version.source, dst_path=str(partial), tracking_uri=tracking.tracking_uri()
         )
+        # Download beside the target, then rename: a killed download never looks complete.
         os.replace(downloaded, target)
+        shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 

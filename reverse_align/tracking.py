@@ -274,3 +274,19 @@ def require_run(run_id: str, stage: str | tuple[str, ...], param: str) -> "mlflo
     if run.info.status != "FINISHED":
         raise UserError(f"--{param} {run_id}: {actual} run is {run.info.status}, not FINISHED")
     return run
+
+
+def require_resumable_run(run_id: str, stage: str) -> "mlflow.entities.Run":
+    """An unfinished run of this stage that ``--run_id`` asks to continue, or bad input."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient(tracking_uri()).get_run(run_id)
+    except MlflowException:
+        raise UserError(f"--run_id {run_id}: no such run in {tracking_uri()}") from None
+    if run.data.tags.get(TAG_STAGE) != stage:
+        raise UserError(f"--run_id {run_id}: is not a {stage} run")
+    if run.info.status == "FINISHED":
+        raise UserError(f"--run_id {run_id}: {stage} run is already FINISHED")
+    return run

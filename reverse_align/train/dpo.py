@@ -238,17 +238,7 @@ def train_in_worker(
 
 
 def _check_resumable(run_id: str, sft_run_id: str, direction: str) -> None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise UserError(f"--run_id {run_id}: no such run in {tracking.tracking_uri()}") from None
-    if run.data.tags.get(tracking.TAG_STAGE) != STAGE:
-        raise UserError(f"--run_id {run_id}: is not a dpo run")
-    if run.info.status == "FINISHED":
-        raise UserError(f"--run_id {run_id}: dpo run is already FINISHED")
+    run = tracking.require_resumable_run(run_id, STAGE)
     started_with = run.data.tags.get(tracking.tag_upstream("sft"), "")
     if started_with != sft_run_id:
         was, now = started_with or "(empty)", sft_run_id or "(empty)"

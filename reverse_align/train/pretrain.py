@@ -152,8 +152,8 @@ def pretrain(cfg: Config, model, tokenizer, log_every: int = 50) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item() if (step % log_every == 0 or step == p.steps - 1) else loss_value
         if step % log_every == 0 or step == p.steps - 1:
+            loss_value = loss.item()  # .item() syncs; only on logged steps
             mlflow.log_metrics({"pretrain/loss": loss_value, "pretrain/lr": scheduler.get_last_lr()[0]}, step=step)
     seconds = time.perf_counter() - started
     model.eval()

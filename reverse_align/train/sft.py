@@ -206,17 +206,7 @@ def train_in_worker(cfg: Config, data_run_id: str, mix: str, run_id: str, resume
 
 
 def _check_resumable(run_id: str, mix: str) -> None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise UserError(f"--run_id {run_id}: no such run in {tracking.tracking_uri()}") from None
-    if run.data.tags.get(tracking.TAG_STAGE) != STAGE:
-        raise UserError(f"--run_id {run_id}: is not an sft run")
-    if run.info.status == "FINISHED":
-        raise UserError(f"--run_id {run_id}: sft run is already FINISHED")
+    run = tracking.require_resumable_run(run_id, STAGE)
     if run.data.params.get("sft.mix", mix) != mix:
         raise UserError(f"--run_id {run_id}: was started with --mix {run.data.params['sft.mix']}, not {mix}")
 
