@@ -98,6 +98,11 @@ def load_tokenizer(cfg: Config, path: str | None = None):
 def load_model(cfg: Config, path: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    from reverse_align import attention
+
+    if cfg.model.attn_implementation == attention.NAME:
+        attention.register()
+
     return AutoModelForCausalLM.from_pretrained(
         path or resolve_base_model(cfg),
         dtype=torch_dtype(cfg.model.dtype),
