@@ -2,14 +2,19 @@
 
 Goal (issue 4): padding-free is >= 1.5x the tokens/second of plain padding on
 a length distribution shaped like s1K's: a long tail, longest/median ~5.
-Both modes train the same examples in the same order through the stage's own
+Every mode trains the same examples in the same order through the stage's own
 trainer (reverse_align.train.sft.build_trainer), each in a fresh child process
 so peak memory is measured separately. Tokens/second counts real tokens only.
+
+Three modes: plain padding (sdpa); padding-free with transformers' sdpa, which
+keeps the sequences apart with a (batch tokens)^2 block-diagonal mask; and
+padding-free with ``sdpa_varlen`` (reverse_align.attention, the tiny presets'
+setting), which attends within each sequence only, as flash-attn does on a GPU.
 
 The model is the tiny preset's architecture with random weights (speed does not
 depend on the weights), so no registered model or store is needed.
 
-Usage: python bench/sft_padding_free.py [--examples 128] [--batch 16] [--median 88] [--hidden 512]
+Usage: python bench/sft_padding_free.py [--examples 256] [--batch 16] [--median 88] [--hidden 512]
 """
 
 import argparse
@@ -59,6 +64,14 @@ def rss_kb() -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
+# name -> (attention implementation, padding_free)
+MODES = {
+    "padding": ("sdpa", False),
+    "padding-free sdpa": ("sdpa", True),
+    "padding-free sdpa_varlen": ("sdpa_varlen", True),
+}
+
+
 def measure(mode: str, model_dir: str, lengths: list[int], batch: int, queue) -> None:
     import torch
 
@@ -70,7 +83,8 @@ def measure(mode: str, model_dir: str, lengths: list[int], batch: int, queue) ->
         "tiny",
         [
             f"model.name={model_dir}", "model.max_length=4096", "sft.epochs=1", f"sft.per_device_batch_size={batch}",
-            "sft.save_every_epochs=0", f"sft.padding_free={mode == 'padding-free'}", "sft.logging_steps=1000",
+            "sft.save_every_epochs=0", f"model.attn_implementation={MODES[mode][0]}",
+            f"sft.padding_free={MODES[mode][1]}", "sft.logging_steps=1000",
         ],
     )  # fmt: skip
     from reverse_align.models import load_tokenizer
@@ -98,7 +112,7 @@ def measure(mode: str, model_dir: str, lengths: list[int], batch: int, queue) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--examples", type=int, default=128)
+    parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--median", type=int, default=88, help="median thinking tokens (longest + prompt stays within 512 positions)")
     parser.add_argument("--hidden", type=int, default=0, help="model width (0 = the tiny preset's)")
@@ -122,7 +136,7 @@ def main() -> None:
         tokenizer = build_tokenizer(cfg)
         build_model(cfg, tokenizer).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        for mode in ("padding", "padding-free"):
+        for mode in MODES:
             queue = context.Queue()
             process = context.Process(target=measure, args=(mode, model_dir, lengths, args.batch, queue))
             process.start()
@@ -130,12 +144,16 @@ def main() -> None:
             process.join()
     for mode, r in results.items():
         print(
-            f"{mode:>13}: {r['tokens_per_second']:8.0f} tokens/s ({r['tokens']} tokens, {r['steps']} steps, "
+            f"{mode:>24}: {r['tokens_per_second']:8.0f} tokens/s ({r['tokens']} tokens, {r['steps']} steps, "
             f"{r['seconds']:.1f}s); peak RSS {r['peak_rss_mb']:.0f} MB (+{r['train_rss_growth_mb']:.0f} MB while training)"
             + (f", GPU peak {r['gpu_peak_mb']:.0f} MB" if r["gpu_peak_mb"] else "")
         )
-    ratio = results["padding-free"]["tokens_per_second"] / results["padding"]["tokens_per_second"]
-    print(f"padding-free / padding: {ratio:.2f}x tokens per second (goal >= 1.5x)")
+    padded = results["padding"]
+    for mode in list(MODES)[1:]:
+        ratio = results[mode]["tokens_per_second"] / padded["tokens_per_second"]
+        memory = results[mode]["train_rss_growth_mb"] / max(1.0, padded["train_rss_growth_mb"])
+        print(f"{mode} / padding: {ratio:.2f}x tokens per second, {memory:.2f}x training memory growth")
+    print("goal: padding-free sdpa_varlen / padding >= 1.5x tokens per second")
 
 
 if __name__ == "__main__":
