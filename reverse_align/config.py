@@ -32,7 +32,8 @@ class ModelConfig:
     name: str = "tiny-base"
     # Weights dtype for training and inference: float32 (CPU), bfloat16 (A.4.1: bf16).
     dtype: str = "float32"
-    # "sdpa", "eager" or "flash_attention_2" (A.4.1 trains with flash attention).
+    # "sdpa", "eager", "flash_attention_2" (A.4.1 trains with flash attention) or
+    # "sdpa_varlen" (reverse_align.attention: padding-free batches without flash-attn, e.g. on CPU).
     attn_implementation: str = "sdpa"
     # Recompute activations in the backward pass (A.4.1, GPU presets).
     gradient_checkpointing: bool = False
@@ -89,6 +90,11 @@ class PretrainConfig:
     facts_per_sequence: int = 8
     # Fraction of pretraining sequences that repeat their walk (teaches looking back to copy).
     copy_fraction: float = 0.0
+    # Fraction of pretraining sequences that are worked forward examples in words ("Start with 7.
+    # Subtract 1, then add 4." and its steps), never a problem of the world's train or test sets:
+    # the base model reads the world's language, as an instruct LLM reads English. Never the
+    # question sentence, the chat format or the reverse direction: those are SFT's to teach.
+    narrated_fraction: float = 0.0
     # Register the model under this name and reuse it when present.
     registered_model: str = "reverse-align-tiny-base"
 

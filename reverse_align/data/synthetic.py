@@ -69,8 +69,13 @@ def describe_ops(ops: tuple[tuple[str, int], ...]) -> str:
     return ", then ".join(_WORDS[op].format(operand) for op, operand in ops)
 
 
+def forward_plan(problem: Problem) -> str:
+    """The forward question without its question sentence: what pretraining's worked examples say."""
+    return f"Start with {problem.start}. {describe_ops(problem.ops).capitalize()}."
+
+
 def forward_question(problem: Problem) -> str:
-    return f"Start with {problem.start}. {describe_ops(problem.ops).capitalize()}. What is the final number?"
+    return f"{forward_plan(problem)} What is the final number?"
 
 
 def reverse_question(problem: Problem) -> str:
@@ -80,9 +85,13 @@ def reverse_question(problem: Problem) -> str:
     )
 
 
-def forward_record(problem: Problem, pair_id: str) -> Record:
+def forward_steps(problem: Problem) -> list[str]:
     values = problem.values()
-    steps = [fact(values[i], op, operand) for i, (op, operand) in enumerate(problem.ops)]
+    return [fact(values[i], op, operand) for i, (op, operand) in enumerate(problem.ops)]
+
+
+def forward_record(problem: Problem, pair_id: str) -> Record:
+    steps = forward_steps(problem)
     return Record(
         id=f"{pair_id}-f",
         pair_id=pair_id,
@@ -215,6 +224,14 @@ def valid_steps(value: int, cfg: SyntheticConfig) -> list[tuple[str, int]]:
     steps += [("*", m) for m in range(2, cfg.max_multiplier + 1) if value * m <= cfg.max_value]
     steps += [("/", m) for m in range(2, cfg.max_multiplier + 1) if value % m == 0 and value > 0]
     return steps
+
+
+def worked_example(rng: random.Random, cfg: SyntheticConfig, exclude: set[Problem]) -> str:
+    """A forward problem outside ``exclude`` in words, then its steps (a pretraining document)."""
+    while True:
+        problem = sample_problem(rng, cfg)
+        if problem not in exclude:
+            return "\n".join([forward_plan(problem), *forward_steps(problem)])
 
 
 def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[str]:

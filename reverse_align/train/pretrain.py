@@ -3,7 +3,12 @@
 A Qwen2-architecture causal LM with a byte-level BPE tokenizer trained here
 (digits split one per token, as Qwen does) and a Qwen-style chat template.
 It is pretrained on the world's single arithmetic steps, forward and undone,
-but never sees the question format: that is what SFT has to teach. Saved in
+chained into walks (some repeated, which grows the heads that copy), and on
+worked forward examples in the world's words ("Start with 7. Subtract 1, then
+add 4." and its steps) for problems outside the world's train and test sets:
+an instruct LLM reads the language of its tasks before any SFT, and so does
+this one. It never sees a question sentence, the chat format, the answer
+sentence or a reverse problem: those are what SFT has to teach. Saved in
 Hugging Face format and registered, so later stages load it exactly as they
 would load Qwen2.5-7B-Instruct.
 """
@@ -96,16 +101,25 @@ def build_model(cfg: Config, tokenizer):
 
 
 def fact_batches(cfg: Config, tokenizer, facts: list[str]):
-    """Endless batches; each row is a random walk of `facts_per_sequence` chained steps."""
+    """Endless batches; a row is a random walk of `facts_per_sequence` chained steps or worked examples."""
     import torch
 
     p = cfg.pretrain
     rng = random.Random(cfg.data.seed)
     encoded = {f: tokenizer(f + "\n", add_special_tokens=False)["input_ids"] for f in facts}
+    world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
+    world_problems = set(world.train) | set(world.test)
     while True:
         rows = []
         for _ in range(p.batch_size):
             ids: list[int] = []
+            if rng.random() < p.narrated_fraction:
+                # About as many lines as a walk: a worked example is its plan and 2-3 steps.
+                for _ in range(max(1, p.facts_per_sequence // 4)):
+                    text = synthetic.worked_example(rng, cfg.synthetic, world_problems) + "\n"
+                    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+                rows.append(ids)
+                continue
             walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
             if rng.random() < p.copy_fraction:
                 # A walk seen twice: the second copy is predictable only by looking back, which

@@ -3,8 +3,15 @@ from reverse_align.data import synthetic
 from reverse_align.train.pretrain import build_tokenizer, fact_batches
 
 
-def _rows(copy_fraction):
-    cfg = load_config("micro", [f"pretrain.copy_fraction={copy_fraction}", "pretrain.batch_size=32"])
+def _rows(copy_fraction, narrated_fraction=0.0, batch_size=32):
+    cfg = load_config(
+        "micro",
+        [
+            f"pretrain.copy_fraction={copy_fraction}",
+            f"pretrain.narrated_fraction={narrated_fraction}",
+            f"pretrain.batch_size={batch_size}",
+        ],
+    )
     tokenizer = build_tokenizer(cfg)
     input_ids, labels = next(fact_batches(cfg, tokenizer, synthetic.pretraining_facts(cfg.synthetic)))
     texts = [tokenizer.decode([t for t, lab in zip(row, labs) if lab != -100]) for row, labs in zip(input_ids.tolist(), labels.tolist())]
@@ -27,3 +34,30 @@ def test_no_copies_without_copy_fraction():
         lines = text.strip("\n").split("\n")
         repeated += lines[: len(lines) // 2] == lines[len(lines) // 2 :]
     assert repeated == 0
+
+
+def test_worked_examples_are_forward_plans_outside_the_world():
+    cfg, texts = _rows(0.0, narrated_fraction=1.0, batch_size=64)
+    world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
+    world_problems = set(world.train) | set(world.test)
+    plans = 0
+    for text in texts:
+        lines = text.strip("\n").split("\n")
+        assert lines[0].startswith("Start with ")
+        for line in lines:
+            if not line.startswith("Start with "):
+                assert " = " in line  # a step, never a question, chat marker or answer sentence
+                continue
+            plans += 1
+            direction, problem = synthetic.parse_question(line + " What is the final number?")
+            assert direction == "forward" and problem not in world_problems
+            steps = lines[lines.index(line) + 1 : lines.index(line) + 1 + len(problem.ops)]
+            assert steps == synthetic.forward_steps(problem)
+        assert "?" not in text and "boxed" not in text and "<|im_start|>" not in text
+    assert plans == 64 * (cfg.pretrain.facts_per_sequence // 4)
+
+
+def test_narrated_fraction_mixes_worked_examples_with_walks():
+    _, texts = _rows(0.0, narrated_fraction=0.5, batch_size=200)
+    narrated = sum(text.startswith("Start with ") for text in texts)
+    assert 70 <= narrated <= 130
