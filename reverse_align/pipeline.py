@@ -7,8 +7,8 @@ Like a lab notebook, in order:
 4. sft       Table 1: one LoRA SFT per mix (forward, reverse, mixed, mixed_half)
 5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO
 
-A stage whose FINISHED run with the same preset, inputs and parameters exists is
-reused, not rerun (``force=true`` reruns everything). Each stage run is a child
+A stage whose FINISHED run with the same preset, inputs, parameters and config
+(the sections it depends on: tracking.STAGE_CONFIG_SECTIONS) exists is reused, not rerun (``force=true`` reruns everything). Each stage run is a child
 of the `main` run in the MLflow UI, and the `main` run tags them all.
 """
 
@@ -32,7 +32,7 @@ def find_finished(
     params: dict[str, str] | None = None,
     without_tag: str | None = None,
 ) -> str | None:
-    """The newest FINISHED run of a stage with this preset and these tags/params (compared as strings)."""
+    """The newest FINISHED run of a stage with this preset, resolved config, and these tags/params (as strings)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -42,6 +42,7 @@ def find_finished(
     clauses = [
         f"tags.`{tracking.TAG_STAGE}` = '{stage}'",
         f"tags.`{tracking.TAG_PRESET}` = '{cfg.preset}'",
+        f"tags.`{tracking.TAG_CONFIG_HASH}` = '{tracking.config_hash(cfg, stage)}'",
         "attributes.status = 'FINISHED'",
     ]
     clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]

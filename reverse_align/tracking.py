@@ -34,6 +34,8 @@ TAG_STAGE = "reverse_align.stage"
 TAG_PRESET = "reverse_align.preset"
 TAG_UPSTREAM_PREFIX = "reverse_align.upstream."
 TAG_ERROR = "reverse_align.error"
+# Fingerprint of the resolved config a run was started with: `main` reuses a run only when it matches.
+TAG_CONFIG_HASH = "reverse_align.config_hash"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
 ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
 # Set on an `mlflow run` launcher run that was left in the Default experiment.
@@ -199,7 +201,7 @@ def stage_run(
         for up_stage, up_id in (upstream or {}).items():
             if up_id:
                 mlflow.set_tag(tag_upstream(up_stage), up_id)
-        log_config(cfg, params)
+        log_config(cfg, params, stage)
         yield run
     except UserError as exc:
         mlflow.set_tag(TAG_ERROR, str(exc))
@@ -213,8 +215,31 @@ def stage_run(
         mlflow.end_run(status="FINISHED")
 
 
-def log_config(cfg: "Config", params: dict[str, Any] | None = None) -> None:
-    """Flattened params plus the YAML of the resolved config as an artifact."""
+# The config sections a stage's result depends on (besides its input runs, which are tagged). Changing
+# sft.learning_rate must rerun SFT and DPO, never the (paid) teacher inversion.
+_BASE = ("model", "data", "synthetic", "pretrain")
+STAGE_CONFIG_SECTIONS = {
+    "data": _BASE,
+    "invert": (*_BASE, "invert"),
+    "sft": (*_BASE, "lora", "sft", "eval"),
+    "dpo": (*_BASE, "lora", "dpo", "eval"),
+}
+
+
+def config_hash(cfg: "Config", stage: str) -> str:
+    """Fingerprint of the config sections ``stage`` depends on (every section for other stages)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    values = dataclasses.asdict(cfg)
+    sections = STAGE_CONFIG_SECTIONS.get(stage, tuple(values))
+    payload = json.dumps({name: values[name] for name in sections}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def log_config(cfg: "Config", params: dict[str, Any] | None = None, stage: str = "") -> None:
+    """Flattened params, the config fingerprint tag, and the YAML of the resolved config as an artifact."""
     import mlflow
 
     flat = {k: _param_value(v) for k, v in cfg.flat().items()}
@@ -227,6 +252,8 @@ def log_config(cfg: "Config", params: dict[str, Any] | None = None) -> None:
     if fresh:
         mlflow.log_params(fresh)
     mlflow.log_text(cfg.to_yaml(), ARTIFACT_CONFIG)
+    if stage:
+        mlflow.set_tag(TAG_CONFIG_HASH, config_hash(cfg, stage))
 
 
 def _param_value(value: Any) -> str:

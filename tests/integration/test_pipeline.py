@@ -6,9 +6,8 @@ from reverse_align.pipeline import run_main
 
 
 def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
-    cfg = load_config(
-        "micro", ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline", "sft.exact_match_limit=0"]
-    )
+    overrides = ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline", "sft.exact_match_limit=0"]
+    cfg = load_config("micro", overrides)
     first = run_main(cfg)
     parent = client.get_run(first)
     assert parent.info.status == "FINISHED"
@@ -27,3 +26,10 @@ def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
     second = client.get_run(run_main(cfg))
     assert "reusing finished run" in capsys.readouterr().out
     assert {k: second.data.tags[tracking.tag_upstream(k)] for k in keys} == children
+
+    # A changed SFT setting reruns SFT and what depends on it, never the data or the (paid) inversion.
+    changed = load_config("micro", [*overrides, "sft.learning_rate=1e-4"])
+    third = client.get_run(run_main(changed))
+    rerun = {k: third.data.tags[tracking.tag_upstream(k)] for k in keys}
+    assert {k for k in keys if rerun[k] == children[k]} == {"data", "invert", "dpo.direct"}
+    assert client.get_run(rerun["sft.forward"]).data.params["sft.learning_rate"] == "0.0001"
