@@ -8,8 +8,9 @@ Like a lab notebook, in order:
 5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO
 
 A stage whose FINISHED run with the same preset, inputs, parameters and config
-(the sections it depends on: tracking.STAGE_CONFIG_SECTIONS) exists is reused, not rerun (``force=true`` reruns everything). Each stage run is a child
-of the `main` run in the MLflow UI, and the `main` run tags them all.
+(what it depends on: tracking.STAGE_CONFIG_SECTIONS) exists is reused, not rerun
+(``force=true`` reruns everything). Each stage run is a child of the `main` run
+in the MLflow UI, and the `main` run tags them all.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def find_finished(
     params: dict[str, str] | None = None,
     without_tag: str | None = None,
 ) -> str | None:
-    """The newest FINISHED run of a stage with this preset, resolved config, and these tags/params (as strings)."""
+    """The newest FINISHED run of a stage with this preset, stage config and these tags/params (as strings)."""
     import mlflow
 
     client = mlflow.MlflowClient()

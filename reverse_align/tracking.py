@@ -215,26 +215,33 @@ def stage_run(
         mlflow.end_run(status="FINISHED")
 
 
-# The config sections a stage's result depends on (besides its input runs, which are tagged). Changing
-# sft.learning_rate must rerun SFT and DPO, never the (paid) teacher inversion.
+# The config a stage's result depends on (besides its input runs, which are tagged): whole sections or
+# "section.key". Changing sft.learning_rate reruns SFT and DPO; changing invert.concurrency, a timeout
+# or a spend cap reruns nothing, so the (paid) teacher inversion is never redone for them.
 _BASE = ("model", "data", "synthetic", "pretrain")
 STAGE_CONFIG_SECTIONS = {
     "data": _BASE,
-    "invert": (*_BASE, "invert"),
+    "invert": (
+        *_BASE, "invert.teacher", "invert.base_url", "invert.max_completion_tokens", "invert.temperature",
+        "invert.reverse_template", "invert.solution_template",
+    ),  # fmt: skip
     "sft": (*_BASE, "lora", "sft", "eval"),
     "dpo": (*_BASE, "lora", "dpo", "eval"),
 }
 
 
 def config_hash(cfg: "Config", stage: str) -> str:
-    """Fingerprint of the config sections ``stage`` depends on (every section for other stages)."""
+    """Fingerprint of the config ``stage`` depends on (the whole config for other stages)."""
     import dataclasses
     import hashlib
     import json
 
     values = dataclasses.asdict(cfg)
-    sections = STAGE_CONFIG_SECTIONS.get(stage, tuple(values))
-    payload = json.dumps({name: values[name] for name in sections}, sort_keys=True, default=str)
+    picked = {}
+    for name in STAGE_CONFIG_SECTIONS.get(stage, tuple(values)):
+        section, _, key = name.partition(".")
+        picked[name] = values[section][key] if key else values[section]
+    payload = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

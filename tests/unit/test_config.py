@@ -62,3 +62,17 @@ def test_flat_params_cover_every_field():
     assert flat["sft.learning_rate"] == pytest.approx(2e-3)
     assert flat["model.name"] == "tiny-base"
     assert "dpo.beta" in flat and "synthetic.max_value" in flat
+
+
+def test_stage_config_hash_follows_what_the_stage_depends_on():
+    from reverse_align.tracking import config_hash
+
+    base = load_config("tiny")
+    assert config_hash(base, "sft") == config_hash(load_config("tiny"), "sft")
+    lr = load_config("tiny", ["sft.learning_rate=1e-4"])
+    assert config_hash(lr, "sft") != config_hash(base, "sft")
+    assert config_hash(lr, "invert") == config_hash(base, "invert") and config_hash(lr, "data") == config_hash(base, "data")
+    # Operational teacher settings never rerun a paid inversion; what the teacher is asked does.
+    assert config_hash(load_config("tiny", ["invert.concurrency=2"]), "invert") == config_hash(base, "invert")
+    assert config_hash(load_config("tiny", ["invert.temperature=0.1"]), "invert") != config_hash(base, "invert")
+    assert config_hash(load_config("tiny", ["pretrain.steps=10"]), "data") != config_hash(base, "data")
