@@ -34,7 +34,7 @@ TAG_STAGE = "reverse_align.stage"
 TAG_PRESET = "reverse_align.preset"
 TAG_UPSTREAM_PREFIX = "reverse_align.upstream."
 TAG_ERROR = "reverse_align.error"
-# Fingerprint of the resolved config a run was started with: `main` reuses a run only when it matches.
+# Fingerprint of the config a stage run depends on (STAGE_CONFIG_SECTIONS): `main` reuses a run only when it matches.
 TAG_CONFIG_HASH = "reverse_align.config_hash"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
 ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
@@ -194,14 +194,14 @@ def stage_run(
     if launcher and launcher != run.info.run_id:
         mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
     try:
-        mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset})
+        mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset, TAG_CONFIG_HASH: config_hash(cfg, stage)})
         parent = os.environ.get(ENV_PARENT_RUN_ID)
         if parent and parent != run.info.run_id:
             mlflow.set_tag("mlflow.parentRunId", parent)
         for up_stage, up_id in (upstream or {}).items():
             if up_id:
                 mlflow.set_tag(tag_upstream(up_stage), up_id)
-        log_config(cfg, params, stage)
+        log_config(cfg, params)
         yield run
     except UserError as exc:
         mlflow.set_tag(TAG_ERROR, str(exc))
@@ -245,8 +245,8 @@ def config_hash(cfg: "Config", stage: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def log_config(cfg: "Config", params: dict[str, Any] | None = None, stage: str = "") -> None:
-    """Flattened params, the config fingerprint tag, and the YAML of the resolved config as an artifact."""
+def log_config(cfg: "Config", params: dict[str, Any] | None = None) -> None:
+    """Flattened params plus the YAML of the resolved config as an artifact."""
     import mlflow
 
     flat = {k: _param_value(v) for k, v in cfg.flat().items()}
@@ -259,8 +259,6 @@ def log_config(cfg: "Config", params: dict[str, Any] | None = None, stage: str =
     if fresh:
         mlflow.log_params(fresh)
     mlflow.log_text(cfg.to_yaml(), ARTIFACT_CONFIG)
-    if stage:
-        mlflow.set_tag(TAG_CONFIG_HASH, config_hash(cfg, stage))
 
 
 def _param_value(value: Any) -> str:
