@@ -34,7 +34,7 @@ class Stage:
 
 
 PRESET = Param("preset", "preset name (configs/<name>.yaml) or a YAML path", default="tiny")
-SEED = Param("seed", "random seed", config="data.seed")
+SEED = Param("seed", "random seed of the world and sampling", config="data.seed")
 
 STAGES: dict[str, Stage] = {
     "main": Stage(
@@ -79,7 +79,7 @@ STAGES: dict[str, Stage] = {
             Param("data_run_id", "finished invert run"),
             Param("mix", "forward, reverse, mixed or mixed_half", default="forward"),
             Param("epochs", "training epochs", config="sft.epochs"),
-            SEED,
+            Param("seed", "training seed (LoRA init, data order)", config="sft.seed"),
             Param("num_processes", "data-parallel processes", config="sft.num_processes"),
             Param("run_id", "resume this sft run"),
         ),
@@ -94,7 +94,7 @@ STAGES: dict[str, Stage] = {
             Param("beta", "DPO beta", config="dpo.beta"),
             Param("max_steps", "optimizer steps", config="dpo.max_steps"),
             Param("direction", "both, forward or reverse", default="both"),
-            SEED,
+            Param("seed", "training seed (data order)", config="dpo.seed"),
             Param("num_processes", "data-parallel processes", config="dpo.num_processes"),
             Param("run_id", "resume this dpo run"),
         ),

@@ -166,6 +166,8 @@ class SFTConfig:
     # DeepSpeed config for multi-GPU runs (A.4.1: ZeRO-3); ignored on CPU.
     deepspeed: str = ""
     logging_steps: int = 1
+    # Seed of training only (LoRA init, data order, dropout); the world and base model keep data.seed.
+    seed: int = 0
     # Held-out synthetic problems per direction for the quick greedy exact-match check
     # after training, adapter on and off (0 = skip). Not from the paper: a tiny-world sanity check.
     exact_match_limit: int = 200
@@ -196,6 +198,8 @@ class DPOConfig:
     num_processes: int = 1
     deepspeed: str = ""
     logging_steps: int = 1
+    # Seed of training only (data order, dropout); the world and base model keep data.seed.
+    seed: int = 0
 
 
 @dataclass

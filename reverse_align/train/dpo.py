@@ -117,8 +117,8 @@ def dpo_arguments(cfg: Config, output_dir):
         # Prompt + completion, in tokens; the prompt was already cut to dpo.max_prompt_length (preferences.py).
         max_length=d.max_length,
         precompute_ref_log_probs=d.precompute_ref_log_probs,
-        seed=cfg.data.seed,
-        data_seed=cfg.data.seed,
+        seed=d.seed,
+        data_seed=d.seed,
         logging_steps=d.logging_steps,
         # Checkpoints every N steps, or every N epochs through SaveEveryEpochsCallback.
         save_strategy="no" if by_epochs or d.save_every_steps <= 0 else "steps",

@@ -98,8 +98,8 @@ def sft_args(cfg: Config, output_dir):
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         bf16=s.bf16,
         fp16=False,
-        seed=cfg.data.seed,
-        data_seed=cfg.data.seed,
+        seed=s.seed,
+        data_seed=s.seed,
         logging_steps=s.logging_steps,
         # Checkpoints are asked for by SaveEveryEpochsCallback (every N epochs).
         save_strategy="no",
@@ -176,7 +176,7 @@ def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str
     """Train one mix; on rank 0 (which holds the active run) log the adapter, model and quick check."""
     import mlflow
 
-    records = load_mix(data_run_id, mix, cfg.data.seed)
+    records = load_mix(data_run_id, mix, cfg.sft.seed)
     output_dir = common.run_output_dir(run_id)
     trainer, tokenizer, base_path, stats = build_trainer(cfg, records, output_dir, callbacks)
     trainer.train(resume_from_checkpoint=resume_from)
@@ -239,8 +239,8 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
     params = {"sft.mix": mix, "sft.data_run_id": data_run_id}
     with tracking.stage_run(STAGE, cfg, upstream={"invert": data_run_id}, params=params, run_id=run_id or None) as run:
         run_id = run.info.run_id
-        records = load_mix(data_run_id, mix, cfg.data.seed)
-        mix_info = composition(records, mix, cfg.data.seed)
+        records = load_mix(data_run_id, mix, cfg.sft.seed)
+        mix_info = composition(records, mix, cfg.sft.seed)
         mlflow.log_dict(mix_info, tracking.ARTIFACT_MIX)
         existing = mlflow.MlflowClient().get_run(run_id).data.params
         counts = {f"mix.{k}": mix_info[k] for k in ("examples", "forward", "reverse", "pairs")}

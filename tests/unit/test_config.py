@@ -76,3 +76,19 @@ def test_stage_config_hash_follows_what_the_stage_depends_on():
     assert config_hash(load_config("tiny", ["invert.concurrency=2"]), "invert") == config_hash(base, "invert")
     assert config_hash(load_config("tiny", ["invert.temperature=0.1"]), "invert") != config_hash(base, "invert")
     assert config_hash(load_config("tiny", ["pretrain.steps=10"]), "data") != config_hash(base, "data")
+
+
+def test_seed_flag_of_training_stages_seeds_training_only(monkeypatch):
+    """`sft --seed 1` sets sft.seed (not data.seed, which names the world and the tiny base model)."""
+    import reverse_align.train.dpo as dpo
+    import reverse_align.train.sft as sft
+    from reverse_align import cli
+
+    seen = {}
+    monkeypatch.setattr(sft, "run_sft", lambda cfg, **kw: seen.update(sft=cfg))
+    monkeypatch.setattr(dpo, "run_dpo", lambda cfg, **kw: seen.update(dpo=cfg))
+    assert cli.main(["sft", "--preset", "tiny", "--seed", "1", "--data_run_id", "x"]) == 0
+    assert cli.main(["dpo", "--preset", "tiny", "--seed", "3", "--data_run_id", "x"]) == 0
+    assert (seen["sft"].sft.seed, seen["sft"].data.seed) == (1, 0)
+    assert (seen["dpo"].dpo.seed, seen["dpo"].data.seed) == (3, 0)
+    assert sft.sft_args(seen["sft"], "/tmp/unused").seed == 1
