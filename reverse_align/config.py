@@ -118,8 +118,10 @@ class InvertConfig:
     # Stop cleanly after this many requests / total tokens (0 = no cap).
     max_requests: int = 0
     max_tokens_total: int = 0
-    # Max completion tokens per teacher request.
-    max_completion_tokens: int = 16384
+    # Max completion tokens per teacher request, reasoning included. R1 traces run past 16k tokens; 65,536 is
+    # deepseek-reasoner's maximum output, so no R1 solution is cut. A cut answer (finish_reason "length") is
+    # rejected and counted as invert/rejected/truncated.
+    max_completion_tokens: int = 65536
     # Sampling temperature of the teacher.
     temperature: float = 0.6
     # Template files (empty = the shipped paper templates, appendix A.1).

@@ -36,6 +36,8 @@ TAG_UPSTREAM_PREFIX = "reverse_align.upstream."
 TAG_ERROR = "reverse_align.error"
 # Fingerprint of the config a stage run depends on (STAGE_CONFIG_SECTIONS): `main` reuses a run only when it matches.
 TAG_CONFIG_HASH = "reverse_align.config_hash"
+# The rule for examples over model.max_length tokens (reverse_align.data.lengths.RULE), on data, invert, sft runs.
+TAG_LENGTH_RULE = "reverse_align.length_rule"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
 ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
 # Set on an `mlflow run` launcher run that was left in the Default experiment.
@@ -75,6 +77,10 @@ METRIC_INVERT_COST = "invert/cost_usd"  # estimate from invert.price_* fields
 METRIC_INVERT_RETRIES = "invert/retries"  # requests that repeated an earlier failed one
 METRIC_INVERT_PENDING = "invert/pending"  # items not finished when the spend cap stopped the run
 METRIC_INVERT_NO_REASONING = "invert/no_reasoning"  # accepted reverses whose teacher returned no reasoning
+# D_s1k stays whole; these count what the pair-based mixes (mixed, mixed_half, DPO) get.
+METRIC_INVERT_PAIRS = "invert/pairs"  # forward items with an accepted reverse
+METRIC_INVERT_GOLD_NULL = "invert/gold_null"  # accepted reverses whose answer has no \boxed{} (kept, gold null)
+METRIC_INVERT_THINKING_CUT = "invert/thinking_cut"  # reverses over model.max_length whose thinking was cut to fit
 
 
 def metric_invert_rejected(reason: str) -> str:

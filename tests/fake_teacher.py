@@ -13,7 +13,8 @@ Behaviours are scripted per item and step (``script``), or for every request
 ``500``, ``400``, ``stall`` (no response for ``stall_seconds``), ``drop``
 (connection closed without a response), ``malformed`` (prose without the
 New Question/New Answer markers), ``same_question``, ``no_boxed``,
-``truncated`` (finish_reason length), ``bad_json`` (a 200 that is not JSON).
+``truncated`` (finish_reason length), ``long_reasoning`` (a correct solution whose
+reasoning is the usual one repeated 100 times), ``bad_json`` (a 200 that is not JSON).
 
 Every request is recorded (item, step, behaviour, times, whether the full
 response was written), so tests can count what was asked twice.
@@ -162,6 +163,8 @@ class FakeTeacher:
             return f"The starting number is {answer}.", reasoning, "stop"
         if behaviour == "truncated":
             return "The starting number is", reasoning, "length"
+        if behaviour == "long_reasoning":
+            reasoning = "\n".join([reasoning] * 100)
         return f"The starting number is \\boxed{{{answer}}}.", reasoning, "stop"
 
 

@@ -4,9 +4,16 @@
 any other teacher is an OpenAI-compatible model prompted with the paper's two
 templates (appendix A.1), see :mod:`reverse_align.data.teacher`.
 
-Logs ``data/forward.jsonl`` (the forward items that got a reverse),
-``data/reverse.jsonl`` and ``data/probe.jsonl`` (probe forward items plus their
-reverses), each also as an ``mlflow.data`` input, tagged with the data run.
+D_s1k stays whole: ``data/forward.jsonl`` is every forward item of the data run
+(after ``--limit``), whether or not its inversion was accepted; ``data/reverse.jsonl``
+holds the accepted reverses (gold null when the answer has no box), each over
+``model.max_length`` tokens handled by the length rule (``data.lengths``: thinking
+cut, or dropped and listed in ``data/rejected.jsonl`` as ``too_long``).
+``data/probe.jsonl`` is the ``data.probe_size`` shortest forward items *that have an
+accepted reverse*, plus those reverses (50 + 50 whenever 50 pairs exist). Each is
+also an ``mlflow.data`` input; the run is tagged with the data run. Counts:
+``invert/pairs``, ``invert/gold_null``, ``invert/thinking_cut``,
+``invert/rejected/too_long``.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import tempfile
 
 from reverse_align import tracking
 from reverse_align.config import Config
+from reverse_align.data import lengths as length_rule
 from reverse_align.data import synthetic
 from reverse_align.data.schema import FORWARD, Record, read_jsonl
-from reverse_align.data.stage import log_records
+from reverse_align.data.stage import log_records, select_probe
 from reverse_align.errors import UserError
 
 STAGE = "invert"
+# invert/rejected/too_long: a reverse whose question + answer alone exceed model.max_length tokens.
+REJECTED_TOO_LONG = "too_long"
 
 
 def load_run_records(run_id: str, artifact_path: str) -> list[Record]:
@@ -38,6 +48,27 @@ def invert_synthetic(forward: list[Record]) -> tuple[list[Record], list[dict]]:
             continue
         reverses.append(reverse)
     return reverses, rejected
+
+
+def apply_length_rule(reverses: list[Record], measure, max_length: int) -> tuple[list[Record], list[dict], int]:
+    """(reverses that fit, rejections of those dropped, how many had their thinking cut)."""
+    kept, dropped, cut = [], [], 0
+    for reverse in reverses:
+        fitted, outcome = length_rule.fit(reverse, measure, max_length)
+        if fitted is None:
+            dropped.append({"id": reverse.id, "pair_id": reverse.pair_id, "question": reverse.question,
+                            "reason": REJECTED_TOO_LONG, "detail": length_rule.RULE})  # fmt: skip
+            continue
+        cut += outcome == length_rule.THINKING_CUT
+        kept.append(fitted)
+    return kept, dropped, cut
+
+
+def probe_pairs(forward: list[Record], reverses: list[Record], tokenizer, size: int) -> list[Record]:
+    """The ``size`` shortest forward items with an accepted reverse (§3.2), then their reverses."""
+    by_pair = {r.pair_id: r for r in reverses}
+    chosen = select_probe([f for f in forward if f.pair_id in by_pair], tokenizer, size)
+    return chosen + [by_pair[f.pair_id] for f in chosen]
 
 
 def _teacher_run_to_resume(cfg: Config, data_run_id: str, limit: str, run_id: str, api_key: str) -> str:
@@ -67,7 +98,6 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
     tracking.setup()
     data_run = tracking.require_run(data_run_id, "data", "data_run_id")
     forward = [r for r in load_run_records(data_run_id, tracking.ARTIFACT_FORWARD) if r.direction == FORWARD]
-    probe = load_run_records(data_run_id, tracking.ARTIFACT_PROBE)
     if limit:
         try:
             forward = forward[: int(limit)] if int(limit) > 0 else forward
@@ -86,14 +116,18 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
             from reverse_align.data.teacher import invert_with_teacher
 
             reverses, rejected, usage = invert_with_teacher(cfg, forward, api_key=api_key, run=run)
-        paired_ids = {r.pair_id for r in reverses}
-        paired_forward = [r for r in forward if r.pair_id in paired_ids]
-        by_pair = {r.pair_id: r for r in reverses}
-        probe_pairs = [r for r in probe if r.pair_id in by_pair]
-        probe_records = probe_pairs + [by_pair[r.pair_id] for r in probe_pairs]
-        log_records(paired_forward, tracking.ARTIFACT_FORWARD, "forward", "training")
+        from reverse_align.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg)
+        mlflow.set_tag(tracking.TAG_LENGTH_RULE, length_rule.RULE)
+        reverses, too_long, thinking_cut = apply_length_rule(
+            reverses, length_rule.TokenizerLengths(tokenizer), cfg.model.max_length
+        )
+        rejected = rejected + too_long
+        probe = probe_pairs(forward, reverses, tokenizer, cfg.data.probe_size)
+        log_records(forward, tracking.ARTIFACT_FORWARD, "forward", "training")
         log_records(reverses, tracking.ARTIFACT_REVERSE, "reverse", "training")
-        log_records(probe_records, tracking.ARTIFACT_PROBE, "probe", "probe")
+        log_records(probe, tracking.ARTIFACT_PROBE, "probe", "probe")
         if rejected:
             tracking.log_jsonl(rejected, tracking.ARTIFACT_REJECTED)
         # Held-out tests (synthetic) travel with the pairs so later stages need only this run.
@@ -109,7 +143,17 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
                 tracking.METRIC_INVERT_REJECTED: len(rejected),
                 tracking.METRIC_INVERT_PROMPT_TOKENS: usage["prompt_tokens"],
                 tracking.METRIC_INVERT_COMPLETION_TOKENS: usage["completion_tokens"],
+                tracking.METRIC_INVERT_PAIRS: len(reverses),
+                tracking.METRIC_INVERT_GOLD_NULL: sum(r.gold is None for r in reverses),
+                tracking.METRIC_INVERT_THINKING_CUT: thinking_cut,
+                tracking.metric_invert_rejected(REJECTED_TOO_LONG): len(too_long),
             }
         )
-        print(f"invert run {run.info.run_id}: {len(reverses)} reverses, {len(rejected)} rejected")
+        truncated = sum(row["reason"] == "truncated" for row in rejected)
+        print(
+            f"invert run {run.info.run_id}: {len(forward)} forward items, {len(reverses)} pairs "
+            f"({sum(r.gold is None for r in reverses)} with gold null, {thinking_cut} thinking cut), "
+            f"{len(rejected)} rejected ({truncated} truncated at invert.max_completion_tokens, {len(too_long)} too long); "
+            f"probe {len(probe) // 2} + {len(probe) // 2}"
+        )
         return run.info.run_id

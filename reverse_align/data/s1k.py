@@ -1,20 +1,27 @@
 """Loaders for s1K-1.1 and s1K: local .jsonl / .parquet files or an HF dataset id.
 
 The paper's forward target is the DeepSeek-R1 trace + attempt; an item whose
-DeepSeek example is longer than the preset's max length in tokens falls back
-to the Gemini trace + attempt (PROTOCOL §1: "some of the excess data are
-replaced with Gemini data"). s1K (1.0) only has Gemini traces, under
-``thinking_trajectories`` / ``attempt``.
+DeepSeek example is longer than ``model.max_length`` tokens, counted as SFT
+renders it (chat template included), falls back to the Gemini trace + attempt
+(PROTOCOL §1: "some of the excess data are replaced with Gemini data"). An
+item too long either way goes through :func:`reverse_align.data.lengths.fit`
+(thinking cut, or dropped when question + answer alone do not fit), counted.
+s1K (1.0) only has Gemini traces, under ``thinking_trajectories`` / ``attempt``.
+
+``gold`` is the reference *final answer* (what grading compares with): the last
+``\\boxed{}`` of ``solution``, else the whole solution when it is short, else
+null (a proof has no single answer). The full solution is kept as ``solution``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
+from reverse_align.data import lengths as length_rule
 from reverse_align.data.schema import FORWARD, Record
 from reverse_align.errors import UserError
+from reverse_align.formatting import last_boxed
 
 S1K_11_COLUMNS = (
     "solution",
@@ -112,11 +119,24 @@ def read_rows(source: str) -> list[tuple[str, dict]]:
     return _rows_from_hub(source)
 
 
-def load_s1k(source: str, count_tokens: Callable[[str], int], max_length: int, limit: int = 0) -> tuple[list[Record], dict]:
+# A solution without a \boxed{} this short is itself the final answer ("109", "$\\frac{1}{2}$").
+SHORT_SOLUTION_CHARS = 100
+
+
+def final_answer(solution) -> str | None:
+    """The reference final answer of an s1K solution: its last \\boxed{}, or the solution when short."""
+    text = "" if solution is None else str(solution).strip()
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    return text if text and len(text) <= SHORT_SOLUTION_CHARS else None
+
+
+def load_s1k(source: str, lengths: length_rule.Lengths, max_length: int, limit: int = 0) -> tuple[list[Record], dict]:
     """Forward records from an s1K file or dataset, and counts of what was done.
 
-    ``count_tokens`` measures a full example (question + trace + attempt) in the
-    preset model's tokens, for the Gemini fallback.
+    ``lengths`` measures examples in the preset model's tokens as SFT renders
+    them, for the Gemini fallback and the length rule.
     """
     rows = read_rows(source)
     if not rows:
@@ -124,7 +144,8 @@ def load_s1k(source: str, count_tokens: Callable[[str], int], max_length: int, l
     if limit:
         rows = rows[:limit]
     fmt = _detect_format(rows[0][1].keys(), rows[0][0])
-    stats = {"rows": len(rows), "deepseek": 0, "gemini_fallback": 0, "gemini": 0}
+    stats = {"rows": len(rows), "deepseek": 0, "gemini_fallback": 0, "gemini": 0, "gold_null": 0,
+             length_rule.THINKING_CUT: 0, length_rule.DROPPED: 0}  # fmt: skip
     name = Path(source).stem if Path(source).suffix else source.split("/")[-1]
     records = []
     for index, (where, row) in enumerate(rows):
@@ -134,27 +155,30 @@ def load_s1k(source: str, count_tokens: Callable[[str], int], max_length: int, l
         question = str(row["question"] or "").strip()
         if not question:
             raise UserError(f"{where}: empty question")
-        if fmt == "s1K":
-            thinking, attempt, teacher = _trace_text(row["thinking_trajectories"]), str(row["attempt"] or ""), "gemini"
-        else:
-            thinking, attempt, teacher = _trace_text(row["deepseek_thinking_trajectory"]), str(row["deepseek_attempt"] or ""), "deepseek"
-            too_long = count_tokens(question + thinking + attempt) > max_length
-            if not thinking.strip() or too_long:
-                thinking, attempt, teacher = _trace_text(row["gemini_thinking_trajectory"]), str(row["gemini_attempt"] or ""), "gemini_fallback"
-        if not thinking.strip() and not attempt.strip():
-            raise UserError(f"{where}: no reasoning trace or attempt")
-        stats[teacher] += 1
         pair_id = f"{name}-{index:05d}"
-        records.append(
-            Record(
-                id=f"{pair_id}-f",
-                pair_id=pair_id,
-                direction=FORWARD,
-                question=question,
-                thinking=thinking.strip(),
-                attempt=attempt.strip(),
-                gold=None if row["solution"] is None else str(row["solution"]),
-                source=f"{name}:{teacher}",
-            )
-        )
+        solution = None if row["solution"] is None else str(row["solution"])
+
+        def record(thinking, attempt, teacher):
+            return Record(
+                id=f"{pair_id}-f", pair_id=pair_id, direction=FORWARD, question=question,
+                thinking=_trace_text(thinking).strip(), attempt=str(attempt or "").strip(),
+                gold=final_answer(solution), source=f"{name}:{teacher}", solution=solution,
+            )  # fmt: skip
+
+        if fmt == "s1K":
+            chosen = record(row["thinking_trajectories"], row["attempt"], "gemini")
+        else:
+            chosen = record(row["deepseek_thinking_trajectory"], row["deepseek_attempt"], "deepseek")
+            if not chosen.thinking or lengths.example(chosen) > max_length:
+                chosen = record(row["gemini_thinking_trajectory"], row["gemini_attempt"], "gemini_fallback")
+        if not chosen.thinking and not chosen.attempt:
+            raise UserError(f"{where}: no reasoning trace or attempt")
+        fitted, outcome = length_rule.fit(chosen, lengths, max_length)
+        if outcome != length_rule.KEPT:
+            stats[outcome] += 1
+        if fitted is None:
+            continue
+        stats[fitted.source.split(":")[-1]] += 1
+        stats["gold_null"] += fitted.gold is None
+        records.append(fitted)
     return records, stats

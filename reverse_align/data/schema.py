@@ -24,9 +24,13 @@ class Record:
     attempt: str
     gold: str | None
     source: str
+    # s1K forward items: the reference worked solution, whose final answer is `gold`. Optional (not in
+    # INTERFACE.md's record): the teacher is shown it as the forward "Answer" (appendix A.5).
+    solution: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """INTERFACE.md's fields, plus an optional field only when it is set."""
+        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL or v is not None}
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "record") -> "Record":
@@ -35,10 +39,11 @@ class Record:
             raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
         if raw["direction"] not in DIRECTIONS:
             raise UserError(f"{where}: direction must be forward or reverse, got {raw['direction']!r}")
-        return cls(**{name: raw[name] for name in FIELDS})
+        return cls(**{name: raw[name] for name in FIELDS}, **{name: raw[name] for name in OPTIONAL if name in raw})
 
 
-FIELDS = tuple(Record.__dataclass_fields__)
+OPTIONAL = ("solution",)
+FIELDS = tuple(name for name in Record.__dataclass_fields__ if name not in OPTIONAL)
 
 
 def write_jsonl(records: Iterable[Record | dict], path: str | Path) -> Path:

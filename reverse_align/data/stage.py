@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from reverse_align import tracking
 from reverse_align.config import Config
+from reverse_align.data import lengths as length_rule
 from reverse_align.data import synthetic
+from reverse_align.data.lengths import example_tokens
 from reverse_align.data.schema import FORWARD, REVERSE, Record
-from reverse_align.formatting import chat_messages
 
 STAGE = "data"
 
 
-def token_counter(cfg: Config):
-    """Counts tokens of text with the preset model's tokenizer."""
-    from reverse_align.models import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg)
-    return tokenizer, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def example_tokens(tokenizer, record: Record) -> int:
-    """Tokens of the full chat-formatted example, as training sees it."""
-    return len(tokenizer.apply_chat_template(chat_messages(record), tokenize=True, return_dict=True)["input_ids"])
+__all__ = ["example_tokens", "select_probe", "log_records", "run_data"]
 
 
 def select_probe(records: list[Record], tokenizer, size: int) -> list[Record]:
@@ -64,7 +55,10 @@ def run_data(cfg: Config) -> str:
 
     tracking.setup()
     with tracking.stage_run(STAGE, cfg) as run:
-        tokenizer, count_tokens = token_counter(cfg)
+        from reverse_align.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg)
+        mlflow.set_tag(tracking.TAG_LENGTH_RULE, length_rule.RULE)
         metrics: dict[str, float] = {}
         if cfg.data.source == synthetic.SOURCE:
             world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
@@ -77,7 +71,8 @@ def run_data(cfg: Config) -> str:
         else:
             from reverse_align.data.s1k import load_s1k
 
-            forward, stats = load_s1k(cfg.data.source, count_tokens, cfg.model.max_length, cfg.data.limit)
+            measure = length_rule.TokenizerLengths(tokenizer)
+            forward, stats = load_s1k(cfg.data.source, measure, cfg.model.max_length, cfg.data.limit)
             metrics.update({f"data/{k}": v for k, v in stats.items()})
         probe = select_probe(forward, tokenizer, cfg.data.probe_size)
         log_records(forward, tracking.ARTIFACT_FORWARD, "forward", "training")

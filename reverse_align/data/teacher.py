@@ -4,7 +4,8 @@ Step 1 fills the reverse template (appendix A.1, ``templates/reverse.v1.txt``)
 with the forward question and its answer; the teacher returns ``New Question``
 / ``New Answer``. Step 2 fills the solution template with the new question; its
 reasoning becomes the reverse record's ``thinking``, its answer the ``attempt``
-and the last ``\\boxed{}`` of that answer the ``gold``.
+and the last ``\\boxed{}`` of that answer the ``gold`` (null when there is none:
+the answer is kept, see ``teacher_parse.parse_solution``).
 
 Dependable on a paid, rate-limited API:
 - ``invert.concurrency`` workers, each taking one item through both steps;
@@ -67,7 +68,8 @@ REVERSE_TEMPLATE = TEMPLATE_DIR / "reverse.v1.txt"
 SOLUTION_TEMPLATE = TEMPLATE_DIR / "solution.v1.txt"
 STEP_REVERSE = "reverse"
 STEP_SOLUTION = "solution"
-JOURNAL_VERSION = 1
+# 2: the header holds temperature and max_completion_tokens too.
+JOURNAL_VERSION = 2
 SPEND_CAP = "spend cap"
 
 # ---------------------------------------------------------------- templates
@@ -112,8 +114,8 @@ def fill(template: str, **values: str) -> str:
 
 
 def forward_answer(record: Record) -> str:
-    """The "Answer" of step 1: the reference solution (as in A.5's example), else the attempt."""
-    return (record.gold or "").strip() or record.attempt.strip()
+    """The "Answer" of step 1: the reference solution (as in A.5's example), else its final answer, else the attempt."""
+    return (record.solution or "").strip() or (record.gold or "").strip() or record.attempt.strip()
 
 
 # ---------------------------------------------------------------- journal
@@ -420,12 +422,15 @@ def judge(forward: list[Record], journal: Journal, source: str) -> Outcome:
 
 
 def journal_header(cfg: InvertConfig, endpoint: Endpoint, templates: Templates) -> dict:
+    """Every setting that shapes an answer: a journal is only continued under the same ones."""
     return {
         "kind": "header",
         "version": JOURNAL_VERSION,
         "teacher": cfg.teacher,
         "base_url": endpoint.base_url or "",
         **templates.digests(),
+        "temperature": cfg.temperature,
+        "max_completion_tokens": cfg.max_completion_tokens,
         "created": round(time.time(), 3),
     }
 

@@ -28,7 +28,6 @@ UNPARSEABLE = "unparseable"  # no "New Question:" followed by "New Answer:"
 EMPTY_NEW_QUESTION = "empty_new_question"
 EMPTY_NEW_ANSWER = "empty_new_answer"
 SAME_QUESTION = "same_question"  # the "reverse" question is the forward question again
-NO_BOXED_ANSWER = "no_boxed_answer"  # the solution has no non-empty \boxed{}
 REQUEST_REFUSED = "request_refused"  # the server refused the request itself (4xx, e.g. context too long)
 RETRIES_EXHAUSTED = "retries_exhausted"  # 429/5xx/timeouts past invert.max_retries (retried on resume)
 REASONS = (
@@ -39,7 +38,6 @@ REASONS = (
     EMPTY_NEW_QUESTION,
     EMPTY_NEW_ANSWER,
     SAME_QUESTION,
-    NO_BOXED_ANSWER,
     REQUEST_REFUSED,
     RETRIES_EXHAUSTED,
 )
@@ -68,7 +66,7 @@ class Answer:
 class Solution:
     thinking: str
     attempt: str
-    gold: str
+    gold: str | None
 
 
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
@@ -169,15 +167,17 @@ def parse_reverse(answer: Answer, original_question: str) -> tuple[str, str]:
 
 
 def parse_solution(answer: Answer) -> Solution:
-    """thinking = the reasoning, attempt = the answer text, gold = its last \\boxed{}."""
+    """thinking = the reasoning, attempt = the answer text, gold = its last \\boxed{} or None.
+
+    An answer without a box is kept: the solution template asks for a box only when the answer is a
+    number, and A.5's reverse answer is an equation. The reasoning and attempt are the training
+    target; gold is only for grading, so null means "grade by other means".
+    """
     check_finish(answer)
     thinking, attempt = split_reasoning(answer)
     if not attempt:
         raise Rejected(EMPTY_RESPONSE, "no answer text")
-    gold = last_boxed(attempt)
-    if not gold:
-        raise Rejected(NO_BOXED_ANSWER, _excerpt(attempt))
-    return Solution(thinking=thinking, attempt=attempt, gold=gold)
+    return Solution(thinking=thinking, attempt=attempt, gold=last_boxed(attempt) or None)
 
 
 def _excerpt(text: str, limit: int = 200) -> str:

@@ -1,13 +1,14 @@
 """The four SFT training sets of Table 1 (PROTOCOL §1, "Mixes"), built from an invert run.
 
-- ``forward``    D_s1k: every forward item.
-- ``reverse``    D_r1k: every reverse item.
-- ``mixed``      D = D_s1k ∪ D_r1k: both directions of every pair.
-- ``mixed_half`` D_0.5k: the first half of the pairs (in the order of the
-  invert run's forward set), both directions: 500 + their own 500 in the paper.
+- ``forward``    D_s1k: every forward item of the invert run (all 1,000 in the paper,
+  whether or not the inversion of an item was accepted).
+- ``reverse``    D_r1k: every accepted reverse item.
+- ``mixed``      D = D_s1k ∪ D_r1k over the accepted pairs: both directions of each.
+- ``mixed_half`` D_0.5k: a sample of half the accepted pairs drawn under the seed
+  (``sft.seed``), both directions: 500 + their own 500 in the paper.
 
-The result is shuffled with a seeded RNG, so a mix is the same list in the same
-order for a given invert run and seed; :func:`composition` describes it for the log.
+The result is shuffled with the same seeded RNG, so a mix is the same list in the
+same order for a given invert run and seed; :func:`composition` describes it for the log.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ def compose_mix(forward: list[Record], reverse: list[Record], mix: str, seed: in
     """The training records of ``mix``, shuffled under ``seed``."""
     if mix not in MIXES:
         raise UserError(f"--mix {mix!r}: expected one of {', '.join(MIXES)}")
-    pairs = paired(forward, reverse)
-    if not pairs:
-        raise UserError("the invert run has no forward/reverse pairs to train on")
+    rng = random.Random(seed)
     if mix == "forward":
-        records = [f for f, _ in pairs]
-    elif mix == "reverse":
-        records = [r for _, r in pairs]
+        records = [f for f in forward if f.direction == FORWARD]
+        if not records:
+            raise UserError("the invert run has no forward items to train on")
     else:
-        chosen = pairs[: len(pairs) // 2] if mix == "mixed_half" else pairs
-        records = [record for pair in chosen for record in pair]
-    records = list(records)
-    random.Random(seed).shuffle(records)
+        pairs = paired(forward, reverse)
+        if not pairs:
+            raise UserError("the invert run has no forward/reverse pairs to train on")
+        if mix == "reverse":
+            records = [r for _, r in pairs]
+        else:
+            chosen = rng.sample(pairs, len(pairs) // 2) if mix == "mixed_half" else pairs
+            records = [record for pair in chosen for record in pair]
+    rng.shuffle(records)
     return records
 
 

@@ -5,7 +5,8 @@ Each example is the record's chat (formatting.chat_messages, the model's chat
 template), tokenized here so the loss mask and the token-based truncation are
 explicit: labels are -100 on the prompt, the loss is on the assistant turn
 (``<|im_start|>think\\n{thinking}\\n<|im_start|>answer\\n{attempt}<|im_end|>``)
-only. Sequences longer than ``model.max_length`` tokens are cut (keep start).
+only. An example longer than ``model.max_length`` tokens has its thinking cut to fit
+(never its answer) or is dropped when question + answer alone do not fit (``data.lengths``).
 Batches are padding-free (one flattened sequence, exact for a per-token loss).
 
 One MLflow run per SFT. It logs: params ``sft.mix``/``sft.data_run_id`` and the
@@ -55,24 +56,29 @@ def tokenize_example(tokenizer, record: Record) -> dict:
 
 
 def build_dataset(tokenizer, records: list[Record], max_length: int):
-    """Tokenized examples cut to ``max_length`` tokens (keep the start), as a ``datasets.Dataset``.
+    """Tokenized examples of at most ``max_length`` tokens, as a ``datasets.Dataset``.
 
-    Also returns counts: ``examples`` kept, ``truncated``, ``dropped`` (the
-    prompt alone filled ``max_length``: no assistant token left to learn from).
+    A longer example goes through the length rule (``data.lengths.fit``): its
+    thinking is cut to fit, never its answer; one whose question + answer alone
+    do not fit is dropped. Also returns counts: ``examples`` kept,
+    ``thinking_cut``, ``dropped``.
     """
     from datasets import Dataset
 
-    rows, truncated, dropped = [], 0, 0
+    from reverse_align.data import lengths as length_rule
+
+    measure = length_rule.TokenizerLengths(tokenizer)
+    rows, counts = [], {length_rule.THINKING_CUT: 0, length_rule.DROPPED: 0}
     for record in records:
         row = tokenize_example(tokenizer, record)
         if len(row["input_ids"]) > max_length:
-            truncated += 1
-            row = {key: values[:max_length] for key, values in row.items()}
-        if 1 not in row["completion_mask"]:
-            dropped += 1
-            continue
+            fitted, outcome = length_rule.fit(record, measure, max_length)
+            counts[outcome] += 1
+            if fitted is None:
+                continue
+            row = tokenize_example(tokenizer, fitted)
         rows.append(row)
-    return Dataset.from_list(rows), {"examples": len(rows), "truncated": truncated, "dropped": dropped}
+    return Dataset.from_list(rows), {"examples": len(rows), **counts}
 
 
 # ---------------------------------------------------------------- trainer

@@ -75,8 +75,10 @@ def test_every_server_behaviour_is_retried_or_rejected_with_its_reason(tmp_path)
         outcome, usage = run_teacher(cfg.invert, forward, Endpoint(server.base_url, SECRET), tmp_path / "j.jsonl", progress=False)
 
         accepted = {r.pair_id for r in outcome.reverses}
-        assert accepted == {forward[i].pair_id for i in range(8)}
-        _assert_recomputed(outcome.reverses, forward)
+        assert accepted == {forward[i].pair_id for i in (*range(8), 10)}
+        unboxed = [r for r in outcome.reverses if r.pair_id == forward[10].pair_id]
+        assert unboxed[0].gold is None and unboxed[0].attempt.startswith("The starting number is")
+        _assert_recomputed([r for r in outcome.reverses if r.gold is not None], forward)
         thinking = {r.pair_id: r.thinking for r in outcome.reverses}
         assert thinking[forward[0].pair_id].startswith("Undo each operation")  # reasoning_content
         assert thinking[forward[1].pair_id].startswith("Undo each operation")  # <think> tags
@@ -87,7 +89,6 @@ def test_every_server_behaviour_is_retried_or_rejected_with_its_reason(tmp_path)
         assert reasons == {
             forward[8].pair_id: tp.UNPARSEABLE,
             forward[9].pair_id: tp.SAME_QUESTION,
-            forward[10].pair_id: tp.NO_BOXED_ANSWER,
             forward[11].pair_id: tp.TRUNCATED,
             forward[12].pair_id: tp.REQUEST_REFUSED,
             forward[13].pair_id: tp.RETRIES_EXHAUSTED,
@@ -210,9 +211,9 @@ def test_invert_stage_with_a_teacher_logs_records_metrics_and_rejections(micro_d
         assert run.data.tags[tracking.tag_upstream("data")] == micro_data
         metrics = run.data.metrics
         assert metrics[tracking.METRIC_INVERT_REQUESTED] == len(server.requests) == 12 * 2 - 1 + 1
-        assert metrics[tracking.METRIC_INVERT_ACCEPTED] == 10 and metrics[tracking.METRIC_INVERT_REJECTED] == 2
+        assert metrics[tracking.METRIC_INVERT_ACCEPTED] == 11 and metrics[tracking.METRIC_INVERT_REJECTED] == 1
         assert metrics[tracking.metric_invert_rejected(tp.UNPARSEABLE)] == 1
-        assert metrics[tracking.metric_invert_rejected(tp.NO_BOXED_ANSWER)] == 1
+        assert metrics[tracking.METRIC_INVERT_GOLD_NULL] == 1 and metrics[tracking.METRIC_INVERT_PAIRS] == 11
         assert metrics[tracking.metric_invert_rejected(tp.TRUNCATED)] == 0
         assert metrics[tracking.METRIC_INVERT_RETRIES] == 1
         tokens = metrics[tracking.METRIC_INVERT_PROMPT_TOKENS], metrics[tracking.METRIC_INVERT_COMPLETION_TOKENS]
@@ -223,16 +224,19 @@ def test_invert_stage_with_a_teacher_logs_records_metrics_and_rejections(micro_d
         def artifact(path):
             return [json.loads(line) for line in mlflow.artifacts.load_text(f"runs:/{run_id}/{path}").splitlines()]
 
-        reverse, paired = artifact(tracking.ARTIFACT_REVERSE), artifact(tracking.ARTIFACT_FORWARD)
+        reverse, whole = artifact(tracking.ARTIFACT_REVERSE), artifact(tracking.ARTIFACT_FORWARD)
+        # D_s1k stays whole: the forward item whose reversal was rejected is still there.
+        assert [f["pair_id"] for f in whole] == [f.pair_id for f in forward]
+        paired = [f for f in whole if f["pair_id"] != forward[1].pair_id]
         assert [r["pair_id"] for r in reverse] == [f["pair_id"] for f in paired]
-        assert len(reverse) == 10 and all(r["direction"] == "reverse" and r["thinking"] for r in reverse)
+        assert len(reverse) == 11 and all(r["direction"] == "reverse" and r["thinking"] for r in reverse)
         for r, f in zip(reverse, paired):
+            if f["pair_id"] == forward[2].pair_id:
+                assert r["gold"] is None
+                continue
             assert synthetic.solve(r["question"]) == int(r["gold"]) == synthetic.parse_question(f["question"])[1].start
         rejected = artifact(tracking.ARTIFACT_REJECTED)
-        assert {(r["pair_id"], r["step"], r["reason"]) for r in rejected} == {
-            (forward[1].pair_id, REVERSE, tp.UNPARSEABLE),
-            (forward[2].pair_id, SOLUTION, tp.NO_BOXED_ANSWER),
-        }
+        assert {(r["pair_id"], r["step"], r["reason"]) for r in rejected} == {(forward[1].pair_id, REVERSE, tp.UNPARSEABLE)}
         journal = artifact(tracking.ARTIFACT_INVERT_JOURNAL)
         assert journal[0]["kind"] == "header" and len(journal) == 1 + 12 * 2 - 1
         assert "You are an AI model tasked" in mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.ARTIFACT_INVERT_TEMPLATES}/reverse.txt")

@@ -18,7 +18,7 @@ from conftest import run_cli
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.errors import UserError
-from reverse_align.formatting import chat_messages, prompt_messages, record_assistant_turn
+from reverse_align.formatting import ANSWER_MARKER, chat_messages, prompt_messages, record_assistant_turn
 from reverse_align.train import common
 from reverse_align.train.sft import TAG_STOPPED_AT_STEP, build_dataset, build_trainer, load_mix, run_sft
 
@@ -53,22 +53,29 @@ def test_loss_is_on_the_assistant_turn_only(micro_invert, tmp_path):
         assert "\n<|im_start|>answer\n" in record_assistant_turn(record)
 
 
-def test_truncation_counts_tokens(micro_invert, tmp_path):
+def test_long_examples_lose_thinking_never_the_answer(micro_invert, tmp_path):
+    import dataclasses
+
     from reverse_align.models import load_tokenizer
 
     tokenizer = load_tokenizer(micro())
     records = load_mix(micro_invert, "mixed", seed=0)
-    full = [len(tokenizer.apply_chat_template(chat_messages(r), tokenize=True, return_dict=True)["input_ids"]) for r in records]
-    prompts = [
-        len(tokenizer.apply_chat_template(prompt_messages(r.question), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        for r in records
-    ]
-    limit = sorted(full)[len(full) // 2]
+
+    def tokens(record):
+        return len(tokenizer.apply_chat_template(chat_messages(record), tokenize=True, return_dict=True)["input_ids"])
+
+    full = [tokens(r) for r in records]
+    without_thinking = [tokens(dataclasses.replace(r, thinking="")) for r in records]
+    limit = max(without_thinking) - 1  # the longest question + answer alone no longer fits
     dataset, stats = build_dataset(tokenizer, records, limit)
-    assert max(len(row) for row in dataset["input_ids"]) == limit
-    assert stats["truncated"] == sum(n > limit for n in full)
-    assert stats["dropped"] == sum(p >= limit for p in prompts)
+    assert max(len(row) for row in dataset["input_ids"]) <= limit
+    assert stats["dropped"] == sum(n > limit for n in without_thinking) > 0
+    assert stats["thinking_cut"] == sum(f > limit >= n for f, n in zip(full, without_thinking)) > 0
     assert stats["examples"] == len(records) - stats["dropped"] == len(dataset)
+    # Every kept example still ends with its whole answer and end-of-turn.
+    kept = [r for r, n in zip(records, without_thinking) if n <= limit]
+    for record, ids in zip(kept, dataset["input_ids"]):
+        assert tokenizer.decode(ids).endswith(ANSWER_MARKER + record.attempt + "<|im_end|>\n")
 
 
 def test_padding_free_loss_equals_padded_loss(micro_invert, tmp_path):

@@ -3,8 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from reverse_align.data.s1k import S1K_11_COLUMNS, load_s1k
+from reverse_align.data.s1k import S1K_11_COLUMNS, final_answer, load_s1k
 from reverse_align.errors import UserError
+from reverse_align.formatting import chat_messages
 
 
 def row(i, deepseek_len=10):
@@ -25,8 +26,20 @@ def row(i, deepseek_len=10):
     }
 
 
-def words(text):
-    return len(text.split())
+class Words:
+    """Lengths in words of the whole chat (question + assistant turn), a stand-in for a tokenizer."""
+
+    def example(self, record):
+        return sum(len(m["content"].split()) for m in chat_messages(record))
+
+    def text(self, text):
+        return len(text.split())
+
+    def prefix(self, text, tokens):
+        return " ".join(text.split()[:tokens])
+
+
+words = Words()
 
 
 def write(tmp_path, rows, name="s1k.jsonl"):
@@ -51,7 +64,45 @@ def test_gemini_fallback_when_deepseek_too_long(tmp_path):
     records, stats = load_s1k(str(path), words, max_length=100)
     assert [r.source for r in records] == ["s1k:deepseek", "s1k:gemini_fallback"]
     assert records[1].thinking == "gemini thinks"
-    assert stats == {"rows": 2, "deepseek": 1, "gemini_fallback": 1, "gemini": 0}
+    assert stats == {"rows": 2, "deepseek": 1, "gemini_fallback": 1, "gemini": 0, "gold_null": 0, "thinking_cut": 0, "dropped": 0}
+
+
+def test_fallback_counts_the_chat_not_the_trace(tmp_path):
+    # 96 words of trace fit 100 alone, but not with the question, the attempt and the s1 markers around them
+    # (3 + 96 + 3 + 2 = 104 words).
+    path = write(tmp_path, [row(0, deepseek_len=96)])
+    records, stats = load_s1k(str(path), words, max_length=100)
+    assert records[0].source == "s1k:gemini_fallback" and stats["gemini_fallback"] == 1
+    records, stats = load_s1k(str(path), words, max_length=104)
+    assert records[0].source == "s1k:deepseek" and stats["deepseek"] == 1
+
+
+def test_both_traces_too_long_cut_the_thinking_never_the_answer_or_drop(tmp_path):
+    both_long = {**row(0, deepseek_len=500), "gemini_thinking_trajectory": "g " * 300}
+    answer_too_long = {**row(1, deepseek_len=500), "gemini_thinking_trajectory": "g " * 300, "gemini_attempt": "a " * 200}
+    path = write(tmp_path, [both_long, answer_too_long, row(2)])
+    records, stats = load_s1k(str(path), words, max_length=100)
+    assert [r.pair_id for r in records] == ["s1k-00000", "s1k-00002"]
+    cut = records[0]
+    assert cut.source == "s1k:gemini_fallback" and cut.attempt == "gemini says \\boxed{0}"
+    assert words.example(cut) == 100 and cut.thinking == " ".join(["g"] * words.text(cut.thinking))
+    assert (stats["thinking_cut"], stats["dropped"], stats["gemini_fallback"], stats["deepseek"]) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "solution, gold",
+    [
+        ("So $x = 3$, and the answer is \\boxed{3}. Check: \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("109", "109"),
+        ("1. Expand the product. 2. " + "Then argue by induction on n. " * 10, None),
+        (None, None),
+    ],
+)
+def test_gold_is_the_final_answer_and_the_solution_is_kept(tmp_path, solution, gold):
+    assert final_answer(solution) == gold
+    path = write(tmp_path, [{**row(0), "solution": solution}])
+    (record,), stats = load_s1k(str(path), words, max_length=1000)
+    assert record.gold == gold and record.solution == solution and stats["gold_null"] == (gold is None)
 
 
 def test_parquet_and_limit(tmp_path):

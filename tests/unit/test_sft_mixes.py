@@ -21,7 +21,8 @@ REVERSE = [_record(i, "reverse") for i in range(9)]
 
 @pytest.mark.parametrize(
     "mix, n_forward, n_reverse, pairs",
-    [("forward", 9, 0, 9), ("reverse", 0, 9, 9), ("mixed", 9, 9, 9), ("mixed_half", 4, 4, 4)],
+    # forward is D_s1k whole: p9, whose inversion was not accepted, is in it too.
+    [("forward", 10, 0, 10), ("reverse", 0, 9, 9), ("mixed", 9, 9, 9), ("mixed_half", 4, 4, 4)],
 )
 def test_counts_per_direction(mix, n_forward, n_reverse, pairs):
     records = compose_mix(FORWARD, REVERSE, mix, seed=0)
@@ -32,9 +33,18 @@ def test_counts_per_direction(mix, n_forward, n_reverse, pairs):
     assert info["order"] == [r.id for r in records]
 
 
-def test_mixed_half_is_the_first_half_of_the_pairs_both_directions():
-    records = compose_mix(FORWARD, REVERSE, "mixed_half", seed=3)
-    assert sorted(r.id for r in records) == sorted(f"p{i}-{d}" for i in range(4) for d in "fr")
+def test_mixed_half_is_a_seeded_sample_of_half_the_pairs_both_directions():
+    halves = {}
+    for seed in range(6):
+        records = compose_mix(FORWARD, REVERSE, "mixed_half", seed=seed)
+        pairs = {r.pair_id for r in records}
+        assert len(pairs) == 4 and sorted(r.id for r in records) == sorted(f"{p}-{d}" for p in pairs for d in "fr")
+        assert "p9" not in pairs  # only accepted pairs
+        halves[seed] = pairs
+    assert halves[0] == {r.pair_id for r in compose_mix(FORWARD, REVERSE, "mixed_half", seed=0)}
+    # Not the first half in file order, and not the same half for every seed.
+    assert len({frozenset(h) for h in halves.values()}) > 1
+    assert any(h != {"p0", "p1", "p2", "p3"} for h in halves.values())
 
 
 def test_mixed_holds_both_directions_of_every_pair():

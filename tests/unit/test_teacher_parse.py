@@ -88,11 +88,16 @@ def test_solution_gold_is_the_last_boxed_with_nested_braces():
     assert solution.gold == "\\frac{1}{2}"
 
 
+@pytest.mark.parametrize("text", ["The equation is $a^3 + b^4 + c^5 = 4^{11}$.", "The answer is \\boxed{}."])
+def test_solution_without_a_box_is_kept_with_gold_null(text):
+    # A.5's reverse answer is an equation: the template asks for a box only for a single number.
+    solution = tp.parse_solution(tp.Answer(text, reasoning="r"))
+    assert solution == tp.Solution(thinking="r", attempt=text, gold=None)
+
+
 @pytest.mark.parametrize(
     "answer, reason",
     [
-        (tp.Answer("The answer is 42."), tp.NO_BOXED_ANSWER),
-        (tp.Answer("The answer is \\boxed{}."), tp.NO_BOXED_ANSWER),
         (tp.Answer("", reasoning="thinking..."), tp.EMPTY_RESPONSE),
         (tp.Answer("The answer is \\boxed{4", finish_reason="length"), tp.TRUNCATED),
     ],
