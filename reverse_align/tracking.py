@@ -251,6 +251,43 @@ def config_hash(cfg: "Config", stage: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def stage_config_keys(cfg: "Config", stage: str) -> list[str]:
+    """The ``section.key`` params that :func:`config_hash` covers for ``stage``, in config order."""
+    picked = STAGE_CONFIG_SECTIONS.get(stage)
+    keys = [k for k in cfg.flat() if k != "preset"]
+    if picked is None:
+        return keys
+    return [k for k in keys if k in picked or k.split(".", 1)[0] in picked]
+
+
+def require_same_inputs(run: "mlflow.entities.Run", stage: str, cfg: "Config", upstream: dict[str, str]) -> None:
+    """A run is continued only with the upstream runs and config (hash) it was started with.
+
+    Bad input otherwise, naming the first differing key: upstream run ids first,
+    then the stage's config keys in config order (from the run's logged params).
+    """
+    run_id, tags, params = run.info.run_id, run.data.tags, run.data.params
+    for up_stage, up_id in upstream.items():
+        was = tags.get(tag_upstream(up_stage), "")
+        if was != (up_id or ""):
+            raise UserError(
+                f"--run_id {run_id}: was started with {up_stage} run {was or '(none)'}, not {up_id or '(none)'}; "
+                "start a new run for different inputs"
+            )
+    if tags.get(TAG_CONFIG_HASH) == config_hash(cfg, stage):
+        return
+    flat = cfg.flat()
+    for key in stage_config_keys(cfg, stage):
+        if key in params and params[key] != _param_value(flat[key]):
+            raise UserError(
+                f"--run_id {run_id}: was started with {key}={params[key]}, not {_param_value(flat[key])}; "
+                "resume with the same settings or start a new run"
+            )
+    if TAG_CONFIG_HASH not in tags:  # a run from before the hash tag: its params agree
+        return
+    raise UserError(f"--run_id {run_id}: was started with a different {stage} config ({TAG_CONFIG_HASH} differs)")
+
+
 def log_config(cfg: "Config", params: dict[str, Any] | None = None) -> None:
     """Flattened params plus the YAML of the resolved config as an artifact."""
     import mlflow

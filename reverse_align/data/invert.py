@@ -97,6 +97,12 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
 
     tracking.setup()
     data_run = tracking.require_run(data_run_id, "data", "data_run_id")
+    if cfg.invert.teacher != synthetic.SOURCE:
+        run_id = _teacher_run_to_resume(cfg, data_run_id, limit, run_id, api_key)
+    elif run_id:
+        from reverse_align.data.teacher import check_resumable
+
+        check_resumable(run_id, data_run_id, cfg, limit)
     forward = [r for r in load_run_records(data_run_id, tracking.ARTIFACT_FORWARD) if r.direction == FORWARD]
     if limit:
         try:
@@ -104,8 +110,6 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
         except ValueError:
             raise UserError(f"--limit {limit!r}: expected an integer") from None
     params = {"invert.limit": limit or "0"}
-    if cfg.invert.teacher != synthetic.SOURCE:
-        run_id = _teacher_run_to_resume(cfg, data_run_id, limit, run_id, api_key)
     with tracking.stage_run(STAGE, cfg, upstream={"data": data_run_id}, params=params, run_id=run_id or None) as run:
         if cfg.invert.teacher == synthetic.SOURCE:
             if data_run.data.params.get("data.source") != synthetic.SOURCE:

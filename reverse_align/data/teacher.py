@@ -550,7 +550,7 @@ def find_unfinished_run(data_run_id: str, cfg: Config, limit: str) -> str | None
     runs = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50)
     for run in runs:
         params = run.data.params
-        if run.info.status == "FINISHED":
+        if run.info.status == "FINISHED" or run.data.tags.get(tracking.TAG_CONFIG_HASH) != tracking.config_hash(cfg, "invert"):
             continue
         if params.get("invert.limit", "0") != (limit or "0") or params.get("invert.base_url", "") != cfg.invert.base_url:
             continue
@@ -560,7 +560,8 @@ def find_unfinished_run(data_run_id: str, cfg: Config, limit: str) -> str | None
 
 
 def check_resumable(run_id: str, data_run_id: str, cfg: Config, limit: str) -> None:
-    """An explicit --run_id must be an invert run of the same data run, teacher and limit."""
+    """An explicit --run_id must be an invert run of the same data run, config (teacher, endpoint, templates,
+    temperature, token cap, ...: tracking.STAGE_CONFIG_SECTIONS) and limit."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -571,15 +572,9 @@ def check_resumable(run_id: str, data_run_id: str, cfg: Config, limit: str) -> N
     tags, params = run.data.tags, run.data.params
     if tags.get(tracking.TAG_STAGE) != "invert":
         raise UserError(f"--run_id {run_id}: is a {tags.get(tracking.TAG_STAGE) or 'non-reverse-align'} run, expected invert")
-    mismatches = []
-    if tags.get(tracking.tag_upstream("data"), data_run_id) != data_run_id:
-        mismatches.append(f"data_run_id {tags[tracking.tag_upstream('data')]}")
-    if params.get("invert.teacher", cfg.invert.teacher) != cfg.invert.teacher:
-        mismatches.append(f"teacher {params['invert.teacher']}")
+    tracking.require_same_inputs(run, "invert", cfg, {"data": data_run_id})
     if params.get("invert.limit", limit or "0") != (limit or "0"):
-        mismatches.append(f"limit {params['invert.limit']}")
-    if mismatches:
-        raise UserError(f"--run_id {run_id}: that run was started with {', '.join(mismatches)}; pass the same values to resume it")
+        raise UserError(f"--run_id {run_id}: was started with --limit {params['invert.limit']}, not {limit or '0'}")
 
 
 def _quote(text: str) -> str:

@@ -237,12 +237,10 @@ def train_in_worker(
     train(cfg, sft_run_id, data_run_id, direction, run_id, resume_from)
 
 
-def _check_resumable(run_id: str, sft_run_id: str, direction: str) -> None:
+def _check_resumable(run_id: str, cfg: Config, sft_run_id: str, data_run_id: str, direction: str) -> None:
+    """Continue only the run of the same SFT and invert runs, direction and config (dpo, lora, model, ...)."""
     run = tracking.require_resumable_run(run_id, STAGE)
-    started_with = run.data.tags.get(tracking.tag_upstream("sft"), "")
-    if started_with != sft_run_id:
-        was, now = started_with or "(empty)", sft_run_id or "(empty)"
-        raise UserError(f"--run_id {run_id}: was started with --sft_run_id {was}, not {now}")
+    tracking.require_same_inputs(run, STAGE, cfg, {"sft": sft_run_id, "invert": data_run_id})
     was = run.data.params.get("dpo.direction", direction)
     if was != direction:
         raise UserError(f"--run_id {run_id}: was started with --direction {was}, not {direction}")
@@ -263,7 +261,7 @@ def run_dpo(
     require_pairs_run(data_run_id)
     resuming = bool(run_id)
     if resuming:
-        _check_resumable(run_id, sft_run_id, direction)
+        _check_resumable(run_id, cfg, sft_run_id, data_run_id, direction)
     params = {
         "dpo.direction": direction,
         "dpo.reference": "sft" if sft_run else "base",

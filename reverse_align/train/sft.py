@@ -211,8 +211,10 @@ def train_in_worker(cfg: Config, data_run_id: str, mix: str, run_id: str, resume
     train(cfg, data_run_id, mix, run_id, resume_from)
 
 
-def _check_resumable(run_id: str, mix: str) -> None:
+def _check_resumable(run_id: str, cfg: Config, data_run_id: str, mix: str) -> None:
+    """Continue only the run of the same invert run, mix and config (sft, lora, model, ... sections)."""
     run = tracking.require_resumable_run(run_id, STAGE)
+    tracking.require_same_inputs(run, STAGE, cfg, {"invert": data_run_id})
     if run.data.params.get("sft.mix", mix) != mix:
         raise UserError(f"--run_id {run_id}: was started with --mix {run.data.params['sft.mix']}, not {mix}")
 
@@ -239,7 +241,7 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
     tracking.require_run(data_run_id, "invert", "data_run_id")
     resuming = bool(run_id)
     if resuming:
-        _check_resumable(run_id, mix)
+        _check_resumable(run_id, cfg, data_run_id, mix)
     if cfg.sft.num_processes < 1:
         raise UserError(f"--num_processes {cfg.sft.num_processes}: expected 1 or more")
     params = {"sft.mix": mix, "sft.data_run_id": data_run_id}
