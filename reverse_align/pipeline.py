@@ -95,6 +95,10 @@ def run_main(cfg: Config, force: str = "false") -> str:
                 done["pretrain"] = run_pretrain(cfg, force="true" if rerun else "false")
             else:
                 print(f"[main] pretrain: reusing {version.name} version {version.version}")
+            # The weights the whole study starts from (the run that registered them).
+            pretrain_id = tracking.base_model_upstream(cfg, STAGE).get("pretrain")
+            if pretrain_id:
+                client.set_tag(parent_id, tracking.tag_upstream("pretrain"), pretrain_id)
         data_id = step("data", "data", lambda: run_data(cfg), params={"data.source": cfg.data.source, "data.seed": str(cfg.data.seed)})
         invert_id = step(
             "invert", "invert", lambda: run_invert(cfg, data_run_id=data_id), tags={tracking.tag_upstream("data"): data_id}

@@ -204,7 +204,8 @@ def stage_run(
         parent = os.environ.get(ENV_PARENT_RUN_ID)
         if parent and parent != run.info.run_id:
             mlflow.set_tag("mlflow.parentRunId", parent)
-        for up_stage, up_id in (upstream or {}).items():
+        upstream = {**base_model_upstream(cfg, stage), **(upstream or {})}
+        for up_stage, up_id in upstream.items():
             if up_id:
                 mlflow.set_tag(tag_upstream(up_stage), up_id)
         log_config(cfg, params)
@@ -219,6 +220,19 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def base_model_upstream(cfg: "Config", stage: str) -> dict[str, str]:
+    """``{"pretrain": run id}`` of the registered tiny base model a tiny-preset run starts from, else ``{}``.
+
+    So every result traces to the weights it started from (tag ``reverse_align.upstream.pretrain``).
+    """
+    from reverse_align.models import TINY_BASE, find_tiny_base
+
+    if stage == "pretrain" or cfg.model.name != TINY_BASE:
+        return {}
+    version = find_tiny_base(cfg)
+    return {"pretrain": version.run_id} if version is not None else {}
 
 
 # The config a stage's result depends on (besides its input runs, which are tagged): whole sections or

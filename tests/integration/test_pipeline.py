@@ -12,13 +12,18 @@ def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
     parent = client.get_run(first)
     assert parent.info.status == "FINISHED"
     keys = {k.removeprefix(tracking.TAG_UPSTREAM_PREFIX) for k in parent.data.tags if k.startswith(tracking.TAG_UPSTREAM_PREFIX)}
-    assert keys == {"data", "invert", "sft.forward", "sft.reverse", "sft.mixed", "sft.mixed_half",
+    assert keys == {"pretrain", "data", "invert", "sft.forward", "sft.reverse", "sft.mixed", "sft.mixed_half",
                     "dpo.forward", "dpo.reverse", "dpo.mixed", "dpo.direct"}
+    pretrain = parent.data.tags[tracking.tag_upstream("pretrain")]
+    assert client.get_run(pretrain).data.tags[tracking.TAG_STAGE] == "pretrain"
+    keys.discard("pretrain")
     children = {k: parent.data.tags[tracking.tag_upstream(k)] for k in keys}
     for key, run_id in children.items():
         child = client.get_run(run_id)
         assert child.info.status == "FINISHED", key
         assert child.data.tags["mlflow.parentRunId"] == first
+        # Lineage down to the weights: every run carries the tiny base model's pretrain run.
+        assert child.data.tags[tracking.tag_upstream("pretrain")] == pretrain, key
     assert client.get_run(children["dpo.mixed"]).data.tags[tracking.tag_upstream("sft")] == children["sft.mixed"]
     assert tracking.tag_upstream("sft") not in client.get_run(children["dpo.direct"]).data.tags
 
