@@ -66,10 +66,17 @@ def peft_lora_config(lora: LoraConfig):
     """A causal-LM ``peft.LoraConfig`` from the ``lora:`` section (A.4.1: r, alpha, targets incl. lm_head)."""
     import peft
 
-    # trl (>= 1.x) computes the loss with a fused LM head that multiplies by `lm_head.weight` directly, so a
-    # LoRA adapter on lm_head would never be trained and its trainers refuse one. lm_head stays a trained
-    # module as A.4.1 asks, through `modules_to_save`: a full-rank trainable copy saved inside the adapter
-    # (never the base weights). The other targets get rank-r LoRA.
+    # A deviation from A.4.1, kept because no supported configuration avoids it (trl 1.16.0, transformers 5.23):
+    # - trl's SFTTrainer and DPOTrainer always compute log-probs with a fused LM head that multiplies the hidden
+    #   states by `lm_head.weight` directly (trl/trainer/utils.py:1623-1643, add_fused_lm_head; installed by
+    #   sft_trainer.py:1144 and dpo_trainer.py:960, called with fused_lm_head=True at sft_trainer.py:1611 and
+    #   dpo_trainer.py:1299). No SFTConfig/DPOConfig field turns it off; both trainers refuse a PeftModel whose
+    #   output embedding is a LoRA layer (sft_trainer.py:1066-1073, dpo_trainer.py:835-842).
+    # - transformers' own Trainer and loss would train an lm_head LoRA in SFT, but DPO (Table 2) continues from
+    #   the SFT adapter, and trl's DPOTrainer refuses that adapter: the study needs one layout for both stages.
+    # So lm_head is trained in full as A.4.1 asks, through `modules_to_save` (a trainable copy saved inside the
+    # adapter, never the base weights): on paper-7b 1.19B trainable parameters instead of 686M
+    # (bench/lora_lm_head_params.py), and vLLM refuses adapters with modules_to_save. The other targets get rank-r LoRA.
     targets = [m for m in lora.target_modules if m != LM_HEAD]
     return peft.LoraConfig(
         r=lora.r,
