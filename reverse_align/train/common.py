@@ -286,12 +286,35 @@ def save_final_adapter(trainer, output_dir: Path) -> Path:
 
 
 def load_adapter_model(cfg: Config, base_model_path: str, adapter_dir: Path):
-    """The base model with a saved adapter on top, as every later stage loads it."""
+    """The base model with a saved adapter on top, as every later stage loads it (checked: see below)."""
     from peft import PeftModel
 
     from reverse_align.models import load_model
 
-    return PeftModel.from_pretrained(load_model(cfg, base_model_path), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_model(cfg, base_model_path), str(adapter_dir))
+    check_saved_adapter(adapter_dir, model)
+    return model
+
+
+def check_saved_adapter(adapter_dir: Path, model) -> None:
+    """The saved adapter holds every tensor the reloaded model's adapter has, with its shape, none empty.
+
+    A ZeRO-3 save where a rank skipped the gather writes empty (numel 0) shards, and peft only warns
+    about missing keys; either would silently log an untrained or partial adapter.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(adapter_dir) / ADAPTER_FILES[1]))
+    expected = get_peft_model_state_dict(model)
+    empty = sorted(k for k, v in saved.items() if v.numel() == 0)
+    missing = sorted(set(expected) - set(saved))
+    wrong = sorted(k for k in set(expected) & set(saved) if tuple(expected[k].shape) != tuple(saved[k].shape))
+    if empty or missing or wrong or not saved:
+        raise RuntimeError(
+            f"saved adapter {adapter_dir} is incomplete: {len(empty)} empty, {len(missing)} missing, "
+            f"{len(wrong)} misshapen tensors (first: {(empty + missing + wrong + ['no tensors'])[0]})"
+        )
 
 
 def log_final_adapter(model, tokenizer, base_model_path: str) -> None:

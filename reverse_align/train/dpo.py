@@ -210,6 +210,8 @@ def train(
     callbacks = [common.MlflowMetricsCallback(), *checkpoint_callbacks(cfg), *callbacks]
     trainer = build_trainer(model, peft_config, preference_dataset(pairs), tokenizer, args, callbacks)
     trainer.train(resume_from_checkpoint=resume_from)
+    # Every rank takes part (ZeRO-3 gathers the shards); the policy adapter "default" lands at the top of final/.
+    final_dir = common.save_final_adapter(trainer, output_dir)
     if not common.is_main_process():
         return
     mlflow.log_metrics(
@@ -219,9 +221,9 @@ def train(
             tracking.METRIC_DPO_GLOBAL_STEPS: trainer.state.global_step,
         }
     )
-    final = trainer.model
-    if REFERENCE_ADAPTER in final.peft_config:
-        final.delete_adapter(REFERENCE_ADAPTER)  # the result is the policy adapter alone, on the original base
+    # Reloaded from what was saved and checked, as SFT does: the policy adapter alone on the original base
+    # (trl's frozen "ref" copy is not part of the result), never the trainer's possibly sharded copy.
+    final = common.load_adapter_model(cfg, base_path, final_dir)
     common.log_final_adapter(final, tokenizer, base_path)
 
 

@@ -298,3 +298,38 @@ def test_bad_input_is_one_line_exit_2(micro_invert, micro_data, micro_sft):
     # An SFT adapter is only the SFT model on the base it was trained on.
     with pytest.raises(UserError, match="trained with pretrain.registered_model=reverse-align-tiny-base-micro"):
         dpo.run_dpo(load_config("tiny"), sft_run_id=micro_sft, data_run_id=micro_invert)
+
+
+def test_the_trainer_receives_the_beta_asked_for(micro_sft, micro_invert, client):
+    """PROTOCOL §7: the released script never passed beta. Checked where it counts: the trainer's own args."""
+    from transformers import TrainerCallback
+
+    received = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            received["beta"] = args.beta
+
+    cfg = micro_cfg("dpo.max_steps=1", "dpo.save_every_steps=0")
+    from reverse_align.config import set_field
+
+    set_field(cfg, "dpo.beta", "0.25")  # what `--beta 0.25` does
+    run_id = dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, callbacks=[Capture()])
+    assert received["beta"] == 0.25
+    assert client.get_run(run_id).data.params["dpo.beta"] == "0.25"
+
+
+def test_a_saved_adapter_missing_a_tensor_is_refused(sft_adapter, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    cfg = micro_cfg()
+    broken = tmp_path / "broken"
+    shutil.copytree(sft_adapter, broken)
+    tensors = load_file(f"{sft_adapter}/adapter_model.safetensors")
+    dropped = next(k for k in sorted(tensors) if "lora_A" in k)  # peft itself only warns for these
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(broken / "adapter_model.safetensors"))
+    common.load_adapter_model(cfg, None, sft_adapter)  # the real one passes
+    with pytest.raises(RuntimeError, match="1 missing"):
+        common.load_adapter_model(cfg, None, broken)

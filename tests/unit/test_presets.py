@@ -42,6 +42,9 @@ def test_sft_section_2(preset):
 def test_gpus_per_size():
     assert load_config("paper-7b").sft.num_processes == 4
     assert load_config("paper-14b").sft.num_processes == 8
+    # A.4.2: DPO on 4 GPUs, for 7B and 14B alike.
+    assert load_config("paper-7b").dpo.num_processes == 4
+    assert load_config("paper-14b").dpo.num_processes == 4
 
 
 @pytest.mark.parametrize("preset", PAPER)
