@@ -277,11 +277,15 @@ def stage_config_keys(cfg: "Config", stage: str) -> list[str]:
 def require_same_inputs(run: "mlflow.entities.Run", stage: str, cfg: "Config", upstream: dict[str, str]) -> None:
     """A run is continued only with the upstream runs and config (hash) it was started with.
 
-    Bad input otherwise, naming the first differing key: upstream run ids first,
-    then the stage's config keys in config order (from the run's logged params).
+    Bad input otherwise, naming the first differing key: upstream run ids first (the tiny base
+    model's pretrain run included), then the stage's config keys in config order (from the run's
+    logged params).
     """
     run_id, tags, params = run.info.run_id, run.data.tags, run.data.params
-    for up_stage, up_id in upstream.items():
+    base = base_model_upstream(cfg, stage)
+    if tag_upstream("pretrain") not in tags:  # a run from before the lineage tag
+        base = {}
+    for up_stage, up_id in {**base, **upstream}.items():
         was = tags.get(tag_upstream(up_stage), "")
         if was != (up_id or ""):
             raise UserError(
