@@ -248,3 +248,60 @@ def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[s
         lines.append(fact(value, op, operand))
         value = apply(value, op, operand)
     return lines
+
+
+# ---------------------------------------------------------------- leakage
+
+_STEP_LINE = re.compile(r"^\d+ [-+*/] \d+ = \d+$")
+
+
+def undo_steps(problem: Problem) -> list[str]:
+    """The reverse trace: the operations undone from the result back to the start."""
+    values = problem.values()
+    return [fact(values[i + 1], _UNDO[op], operand) for i, (op, operand) in reversed(list(enumerate(problem.ops)))]
+
+
+@dataclass(frozen=True)
+class Overlap:
+    problem: int  # index into the held-out problems
+    document: int  # index into the documents
+    how: str  # "forward chain", "undo chain" or "plan prefix"
+
+
+def leakage(documents, held_out: list[Problem]) -> list[Overlap]:
+    """Every place a document gives away a held-out problem's answer.
+
+    A document is text, lines separated by newlines (a pretraining row). It
+    leaks a problem when its lines contain, contiguously, the problem's forward
+    chain (start to result) or its undo chain (result back to start) -- whether
+    as a whole walk, inside a longer walk or as the opening of a longer worked
+    example -- or when a "Start with ..." plan line opens with the problem's
+    start and operations. Single steps are the world's building blocks and
+    never count: every held-out problem has at least two.
+    """
+    chains: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+    plans: dict[Problem, list[int]] = {}
+    for index, problem in enumerate(held_out):
+        chains.setdefault(tuple(forward_steps(problem)), []).append((index, "forward chain"))
+        chains.setdefault(tuple(undo_steps(problem)), []).append((index, "undo chain"))
+        plans.setdefault(problem, []).append(index)
+    lengths = sorted({len(chain) for chain in chains})
+    overlaps = []
+    for doc_index, document in enumerate(documents):
+        lines = document.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("Start with "):
+                try:
+                    _, plan = parse_question(line)
+                except ValueError:
+                    continue
+                for n in range(1, len(plan.ops) + 1):
+                    for index in plans.get(Problem(plan.start, plan.ops[:n]), ()):
+                        overlaps.append(Overlap(index, doc_index, "plan prefix"))
+                continue
+            if not _STEP_LINE.match(line):
+                continue
+            for n in lengths:
+                for index, how in chains.get(tuple(lines[i : i + n]), ()):
+                    overlaps.append(Overlap(index, doc_index, how))
+    return overlaps

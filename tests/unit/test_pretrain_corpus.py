@@ -13,7 +13,7 @@ def _rows(copy_fraction, narrated_fraction=0.0, batch_size=32):
         ],
     )
     tokenizer = build_tokenizer(cfg)
-    input_ids, labels = next(fact_batches(cfg, tokenizer, synthetic.pretraining_facts(cfg.synthetic)))
+    input_ids, labels = next(fact_batches(cfg, tokenizer))
     texts = [tokenizer.decode([t for t, lab in zip(row, labs) if lab != -100]) for row, labs in zip(input_ids.tolist(), labels.tolist())]
     return cfg, texts
 
