@@ -45,6 +45,8 @@ def tokenizer_corpus(cfg: Config) -> list[str]:
     for direction in ("forward", "reverse"):
         for record in world.records("train", direction):
             texts += [record.question, record.thinking, record.attempt]
+    # The transfer family's wording (on training problems: merges only, no held-out answer).
+    texts += [synthetic.transfer_question(p, 1) for p in world.train]
     texts += ["think", "answer", "user", "assistant", "system"]
     return texts
 
@@ -107,22 +109,27 @@ def pretraining_rows(cfg: Config):
     p = cfg.pretrain
     rng = random.Random(cfg.data.seed)
     world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
-    world_problems = set(world.train) | set(world.test)
+    world_problems = set(world.train) | set(world.test) | {t.problem for t in world.transfer}
+    # Held-out answers are reserved before any document is drawn: a row that would give one away
+    # (a test or transfer chain inside a walk, or opening a worked example) is drawn again.
+    guard = synthetic.HeldOut(world.held_out())
     while True:
         if rng.random() < p.narrated_fraction:
             # About as many lines as a walk: a worked example is its plan and 2-3 steps.
-            yield [
-                synthetic.worked_example(rng, cfg.synthetic, world_problems) + "\n"
+            row = [
+                synthetic.worked_example(rng, cfg.synthetic, world_problems, guard) + "\n"
                 for _ in range(max(1, p.facts_per_sequence // 4))
             ]
-            continue
-        walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
-        if rng.random() < p.copy_fraction:
-            # A walk seen twice: the second copy is predictable only by looking back, which
-            # grows the attention heads that later copy operands out of a question.
-            half = walk[: max(1, len(walk) // 2)]
-            walk = half + half
-        yield [f + "\n" for f in walk]
+        else:
+            walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
+            if rng.random() < p.copy_fraction:
+                # A walk seen twice: the second copy is predictable only by looking back, which
+                # grows the attention heads that later copy operands out of a question.
+                half = walk[: max(1, len(walk) // 2)]
+                walk = half + half
+            row = [f + "\n" for f in walk]
+        if not guard.leaks("".join(row)):
+            yield row
 
 
 def pretraining_documents(cfg: Config, steps: int | None = None):
