@@ -162,9 +162,10 @@ def exact_match_check(cfg: Config, model, tokenizer, data_run_id: str) -> dict[s
             continue
         tests = load_run_records(data_run_id, artifact)[: cfg.sft.exact_match_limit]
         max_new_tokens = cfg.eval.max_new_tokens
-        metrics[tracking.metric_sft_exact_match(direction)] = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+        # Short synthetic problems: one generate call per 100 (1.4x over batches of 32 on CPU).
+        metrics[tracking.metric_sft_exact_match(direction)] = greedy_accuracy(model, tokenizer, tests, max_new_tokens, 100)
         with model.disable_adapter():
-            base = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+            base = greedy_accuracy(model, tokenizer, tests, max_new_tokens, 100)
         metrics[tracking.metric_sft_exact_match(direction, base=True)] = base
     return metrics
 
