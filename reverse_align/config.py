@@ -60,6 +60,9 @@ class SyntheticConfig:
     n_train: int = 1000
     # Held-out test problems per direction.
     n_test: int = 200
+    # Held-out transfer problems (a missing value in the middle of a chain: neither SFT direction's
+    # format; either direction's skill reaches it). Scored as the `synthetic_transfer` benchmark.
+    n_transfer: int = 200
     # Operations per problem, inclusive range.
     min_steps: int = 2
     max_steps: int = 3

@@ -49,6 +49,10 @@ ARTIFACT_REVERSE = "data/reverse.jsonl"
 ARTIFACT_PROBE = "data/probe.jsonl"
 ARTIFACT_TEST_FORWARD = "data/test_forward.jsonl"
 ARTIFACT_TEST_REVERSE = "data/test_reverse.jsonl"
+# Held-out transfer problems (synthetic): a family neither SFT direction trains on (benchmark `synthetic_transfer`).
+ARTIFACT_TEST_TRANSFER = "data/test_transfer.jsonl"
+# The synthetic held-out sets by name: sft/exact_match/<name>, the evaluate stage's synthetic_<name>.
+SYNTHETIC_TESTS = {"forward": ARTIFACT_TEST_FORWARD, "reverse": ARTIFACT_TEST_REVERSE, "transfer": ARTIFACT_TEST_TRANSFER}
 ARTIFACT_REJECTED = "data/rejected.jsonl"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_ADAPTER = "adapter"

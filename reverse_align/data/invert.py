@@ -136,7 +136,7 @@ def run_invert(cfg: Config, data_run_id: str = "", limit: str = "", api_key: str
             tracking.log_jsonl(rejected, tracking.ARTIFACT_REJECTED)
         # Held-out tests (synthetic) travel with the pairs so later stages need only this run.
         names = {a.path for a in mlflow.MlflowClient().list_artifacts(data_run_id, "data")}
-        for test_artifact in (tracking.ARTIFACT_TEST_FORWARD, tracking.ARTIFACT_TEST_REVERSE):
+        for test_artifact in tracking.SYNTHETIC_TESTS.values():
             if test_artifact in names:
                 tests = load_run_records(data_run_id, test_artifact)
                 log_records(tests, test_artifact, test_artifact.split("/")[-1].removesuffix(".jsonl"), "evaluation")

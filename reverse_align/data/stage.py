@@ -67,6 +67,8 @@ def run_data(cfg: Config) -> str:
                 forward = forward[: cfg.data.limit]
             log_records(world.records("test", FORWARD), tracking.ARTIFACT_TEST_FORWARD, "test_forward", "evaluation")
             log_records(world.records("test", REVERSE), tracking.ARTIFACT_TEST_REVERSE, "test_reverse", "evaluation")
+            log_records(world.transfer_records(), tracking.ARTIFACT_TEST_TRANSFER, "test_transfer", "evaluation")
+            metrics["data/transfer_count"] = len(world.transfer)
             metrics["data/test_count"] = len(world.test)
         else:
             from reverse_align.data.s1k import load_s1k

@@ -170,35 +170,113 @@ def sample_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
             return problem
 
 
+def transfer_question(problem: Problem, step: int) -> str:
+    return (
+        f"{forward_plan(problem)} The final number is {problem.result}. "
+        f"What was the number after step {step}?"
+    )
+
+
+def transfer_record(problem: Problem, step: int, pair_id: str) -> Record:
+    """A missing value in the middle: start, operations and result given, the value after ``step`` asked.
+
+    Two routes reach it: ``step`` operations forward from the start (the forward
+    skill) or the remaining ones undone from the result (the reverse skill); the
+    question trains neither SFT mix. The reference trace takes the shorter route
+    (on a tie: forward from an even start, undone from an odd one), and ``direction``
+    names it.
+    """
+    values = problem.values()
+    forward_route, undo_route = step, len(problem.ops) - step
+    if forward_route < undo_route or (forward_route == undo_route and problem.start % 2 == 0):
+        direction, steps = FORWARD, forward_steps(Problem(problem.start, problem.ops[:step]))
+    else:
+        direction, steps = REVERSE, undo_steps(Problem(values[step], problem.ops[step:]))
+    return Record(
+        id=f"{pair_id}-t",
+        pair_id=pair_id,
+        direction=direction,
+        question=transfer_question(problem, step),
+        thinking="\n".join(steps),
+        attempt=f"The number after step {step} is \\boxed{{{values[step]}}}.",
+        gold=str(values[step]),
+        source=SOURCE,
+    )
+
+
+@dataclass(frozen=True)
+class TransferProblem:
+    problem: Problem
+    step: int  # the value after this many operations is asked, 1 <= step < len(ops)
+
+
 @dataclass
 class World:
     train: list[Problem]
     test: list[Problem]
+    transfer: list[TransferProblem]
 
     def records(self, split: str, direction: str) -> list[Record]:
         problems = self.train if split == "train" else self.test
         make = forward_record if direction == FORWARD else reverse_record
         return [make(p, f"syn-{split}-{i:05d}") for i, p in enumerate(problems)]
 
+    def transfer_records(self) -> list[Record]:
+        return [transfer_record(t.problem, t.step, f"syn-transfer-{i:05d}") for i, t in enumerate(self.transfer)]
+
+    def held_out(self) -> list[Problem]:
+        """Every chain whose steps give a held-out answer away: the test problems, the transfer
+        problems, and each transfer problem's route to its asked value (when two steps or more)."""
+        problems = list(self.test)
+        for t in self.transfer:
+            values = t.problem.values()
+            problems.append(t.problem)
+            problems += [
+                route
+                for route in (Problem(t.problem.start, t.problem.ops[: t.step]), Problem(values[t.step], t.problem.ops[t.step :]))
+                if len(route.ops) >= 2
+            ]
+        return problems
+
 
 def make_world(cfg: SyntheticConfig, seed: int) -> World:
-    """Deterministic under the seed; train and test problems never coincide."""
+    """Deterministic under the seed. Held-out problems (test, then transfer) are drawn first; a
+    training problem is never one of them nor contains one's chain (forward or undone)."""
     rng = random.Random(seed)
-    seen: set[Problem] = set()
-    problems: list[Problem] = []
-    needed = cfg.n_train + cfg.n_test
-    attempts = 0
-    while len(problems) < needed:
-        attempts += 1
-        if attempts > needed * 100:
-            raise UserError(
-                f"synthetic world too small for {needed} distinct problems; raise synthetic.max_value or max_steps"
-            )
-        problem = sample_problem(rng, cfg)
-        if problem not in seen:
-            seen.add(problem)
-            problems.append(problem)
-    return World(train=problems[: cfg.n_train], test=problems[cfg.n_train :])
+    budget = (cfg.n_train + cfg.n_test + cfg.n_transfer) * 100
+
+    def draw(accept) -> Problem:
+        nonlocal budget
+        while budget > 0:
+            budget -= 1
+            problem = sample_problem(rng, cfg)
+            if accept(problem):
+                return problem
+        raise UserError(
+            "synthetic world too small for the problems asked; raise synthetic.max_value or max_steps"
+        )
+
+    taken: set[Problem] = set()
+    test = []
+    for _ in range(cfg.n_test):
+        test.append(draw(lambda p: p not in taken))
+        taken.add(test[-1])
+    transfer = []
+    for _ in range(cfg.n_transfer):
+        problem = draw(lambda p: p not in taken and len(p.ops) >= 2)
+        taken.add(problem)
+        transfer.append(TransferProblem(problem, rng.randint(1, len(problem.ops) - 1)))
+    world = World(train=[], test=test, transfer=transfer)
+    guard = HeldOut(world.held_out())
+    for _ in range(cfg.n_train):
+        world.train.append(draw(lambda p: p not in taken and not guard.leaks(problem_text(p))))
+        taken.add(world.train[-1])
+    return world
+
+
+def problem_text(problem: Problem) -> str:
+    """A problem's plan, forward steps and undo steps, as the leakage check reads documents."""
+    return "\n".join([forward_plan(problem), *forward_steps(problem), "", *undo_steps(problem)])
 
 
 def pretraining_facts(cfg: SyntheticConfig) -> list[str]:
@@ -226,12 +304,13 @@ def valid_steps(value: int, cfg: SyntheticConfig) -> list[tuple[str, int]]:
     return steps
 
 
-def worked_example(rng: random.Random, cfg: SyntheticConfig, exclude: set[Problem]) -> str:
-    """A forward problem outside ``exclude`` in words, then its steps (a pretraining document)."""
+def worked_example(rng: random.Random, cfg: SyntheticConfig, exclude: set[Problem], guard: "HeldOut") -> str:
+    """A forward problem outside ``exclude`` that gives no held-out answer away, in words, then its steps."""
     while True:
         problem = sample_problem(rng, cfg)
-        if problem not in exclude:
-            return "\n".join([forward_plan(problem), *forward_steps(problem)])
+        text = "\n".join([forward_plan(problem), *forward_steps(problem)])
+        if problem not in exclude and not guard.leaks(text):
+            return text
 
 
 def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[str]:
@@ -248,3 +327,75 @@ def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[s
         lines.append(fact(value, op, operand))
         value = apply(value, op, operand)
     return lines
+
+
+# ---------------------------------------------------------------- leakage
+
+_STEP_LINE = re.compile(r"^\d+ [-+*/] \d+ = \d+$")
+
+
+def undo_steps(problem: Problem) -> list[str]:
+    """The reverse trace: the operations undone from the result back to the start."""
+    values = problem.values()
+    return [fact(values[i + 1], _UNDO[op], operand) for i, (op, operand) in reversed(list(enumerate(problem.ops)))]
+
+
+@dataclass(frozen=True)
+class Overlap:
+    problem: int  # index into the held-out problems
+    document: int  # index into the documents
+    how: str  # "forward chain", "undo chain" or "plan prefix"
+
+
+class HeldOut:
+    """The chains and plans that give held-out problems' answers away (see :func:`leakage`)."""
+
+    def __init__(self, held_out: list[Problem]):
+        self.chains: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        self.plans: dict[Problem, list[int]] = {}
+        for index, problem in enumerate(held_out):
+            if len(problem.ops) < 2:
+                continue  # a single step is a fact of the world, in every pretraining corpus by design
+            self.chains.setdefault(tuple(forward_steps(problem)), []).append((index, "forward chain"))
+            self.chains.setdefault(tuple(undo_steps(problem)), []).append((index, "undo chain"))
+            self.plans.setdefault(problem, []).append(index)
+        self.lengths = sorted({len(chain) for chain in self.chains})
+
+    def overlaps(self, document: str) -> list[tuple[int, str]]:
+        """(held-out index, how) for each give-away in one document."""
+        found = []
+        lines = document.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("Start with "):
+                try:
+                    _, plan = parse_question(line)
+                except ValueError:
+                    continue
+                for n in range(1, len(plan.ops) + 1):
+                    found += [(index, "plan prefix") for index in self.plans.get(Problem(plan.start, plan.ops[:n]), ())]
+            elif _STEP_LINE.match(line):
+                for n in self.lengths:
+                    found += self.chains.get(tuple(lines[i : i + n]), [])
+        return found
+
+    def leaks(self, document: str) -> bool:
+        return bool(self.overlaps(document))
+
+
+def leakage(documents, held_out: list[Problem]) -> list[Overlap]:
+    """Every place a document gives away a held-out problem's answer.
+
+    A document is text, lines separated by newlines (a pretraining row). It
+    leaks a problem when its lines contain, contiguously, the problem's forward
+    chain (start to result) or its undo chain (result back to start) -- whether
+    as a whole walk, inside a longer walk or as the opening of a longer worked
+    example -- or when a "Start with ..." plan line opens with the problem's
+    start and operations. Single steps are the world's building blocks and
+    never count: every held-out problem has at least two.
+    """
+    guard = HeldOut(held_out)
+    return [
+        Overlap(index, doc_index, how)
+        for doc_index, document in enumerate(documents)
+        for index, how in guard.overlaps(document)
+    ]

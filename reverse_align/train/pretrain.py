@@ -45,6 +45,8 @@ def tokenizer_corpus(cfg: Config) -> list[str]:
     for direction in ("forward", "reverse"):
         for record in world.records("train", direction):
             texts += [record.question, record.thinking, record.attempt]
+    # The transfer family's wording (on training problems: merges only, no held-out answer).
+    texts += [synthetic.transfer_question(p, 1) for p in world.train]
     texts += ["think", "answer", "user", "assistant", "system"]
     return texts
 
@@ -100,39 +102,61 @@ def build_model(cfg: Config, tokenizer):
     return Qwen2ForCausalLM(config)
 
 
-def fact_batches(cfg: Config, tokenizer, facts: list[str]):
-    """Endless batches; a row is a random walk of `facts_per_sequence` chained steps or worked examples."""
-    import torch
-
+def pretraining_rows(cfg: Config):
+    """Endless rows of text, each a list of pieces: a random walk of `facts_per_sequence` chained steps
+    (one piece per step) or worked examples (one piece each). The stream `pretrain` trains on, replayable
+    without a tokenizer (``synthetic.leakage`` checks it)."""
     p = cfg.pretrain
     rng = random.Random(cfg.data.seed)
-    encoded = {f: tokenizer(f + "\n", add_special_tokens=False)["input_ids"] for f in facts}
     world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
-    world_problems = set(world.train) | set(world.test)
+    world_problems = set(world.train) | set(world.test) | {t.problem for t in world.transfer}
+    # Held-out answers are reserved before any document is drawn: a row that would give one away
+    # (a test or transfer chain inside a walk, or opening a worked example) is drawn again.
+    guard = synthetic.HeldOut(world.held_out())
     while True:
-        rows = []
-        for _ in range(p.batch_size):
-            ids: list[int] = []
-            if rng.random() < p.narrated_fraction:
-                # About as many lines as a walk: a worked example is its plan and 2-3 steps.
-                for _ in range(max(1, p.facts_per_sequence // 4)):
-                    text = synthetic.worked_example(rng, cfg.synthetic, world_problems) + "\n"
-                    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
-                rows.append(ids)
-                continue
+        if rng.random() < p.narrated_fraction:
+            # About as many lines as a walk: a worked example is its plan and 2-3 steps.
+            row = [
+                synthetic.worked_example(rng, cfg.synthetic, world_problems, guard) + "\n"
+                for _ in range(max(1, p.facts_per_sequence // 4))
+            ]
+        else:
             walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
             if rng.random() < p.copy_fraction:
                 # A walk seen twice: the second copy is predictable only by looking back, which
                 # grows the attention heads that later copy operands out of a question.
                 half = walk[: max(1, len(walk) // 2)]
                 walk = half + half
-            for f in walk:
-                ids += encoded[f]
-            rows.append(ids)
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), -100)
-        for i, r in enumerate(rows):
+            row = [f + "\n" for f in walk]
+        if not guard.leaks("".join(row)):
+            yield row
+
+
+def pretraining_documents(cfg: Config, steps: int | None = None):
+    """The text of every row `pretrain` trains on (``steps`` batches; default the preset's)."""
+    rows = pretraining_rows(cfg)
+    for _ in range((cfg.pretrain.steps if steps is None else steps) * cfg.pretrain.batch_size):
+        yield "".join(next(rows))
+
+
+def fact_batches(cfg: Config, tokenizer):
+    """Endless (input_ids, labels) batches of `pretraining_rows`, right-padded."""
+    import torch
+
+    encoded: dict[str, list[int]] = {}
+
+    def encode(piece: str) -> list[int]:
+        if piece not in encoded:
+            encoded[piece] = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return encoded[piece]
+
+    rows = pretraining_rows(cfg)
+    while True:
+        batch = [[t for piece in next(rows) for t in encode(piece)] for _ in range(cfg.pretrain.batch_size)]
+        width = max(len(r) for r in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        for i, r in enumerate(batch):
             input_ids[i, : len(r)] = torch.tensor(r)
             labels[i, : len(r)] = torch.tensor(r)
         yield input_ids, labels
@@ -155,7 +179,7 @@ def pretrain(cfg: Config, model, tokenizer, log_every: int = 50) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
-    batches = fact_batches(cfg, tokenizer, facts)
+    batches = fact_batches(cfg, tokenizer)
     started = time.perf_counter()
     loss_value = float("nan")
     for step in tqdm(range(p.steps), desc="pretrain", mininterval=2):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from reverse_align import tracking
 from reverse_align.config import Config
-from reverse_align.data.schema import DIRECTIONS, Record
+from reverse_align.data.schema import Record
 from reverse_align.errors import UserError
 from reverse_align.formatting import chat_messages, prompt_messages
 from reverse_align.train import common
@@ -163,14 +163,15 @@ def exact_match_check(cfg: Config, model, tokenizer, data_run_id: str) -> dict[s
         return {}
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(data_run_id, "data")}
     metrics = {}
-    for direction, artifact in zip(DIRECTIONS, (tracking.ARTIFACT_TEST_FORWARD, tracking.ARTIFACT_TEST_REVERSE)):
+    for direction, artifact in tracking.SYNTHETIC_TESTS.items():
         if artifact not in names:
             continue
         tests = load_run_records(data_run_id, artifact)[: cfg.sft.exact_match_limit]
         max_new_tokens = cfg.eval.max_new_tokens
-        metrics[tracking.metric_sft_exact_match(direction)] = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+        # Short synthetic problems: one generate call per 100 (1.4x over batches of 32 on CPU).
+        metrics[tracking.metric_sft_exact_match(direction)] = greedy_accuracy(model, tokenizer, tests, max_new_tokens, 100)
         with model.disable_adapter():
-            base = greedy_accuracy(model, tokenizer, tests, max_new_tokens)
+            base = greedy_accuracy(model, tokenizer, tests, max_new_tokens, 100)
         metrics[tracking.metric_sft_exact_match(direction, base=True)] = base
     return metrics
 

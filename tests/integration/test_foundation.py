@@ -53,6 +53,13 @@ def test_data_run_logs_records_params_and_dataset_inputs(micro_data, client, tmp
     assert run.data.metrics["data/forward_count"] == 64
     artifacts = {a.path for a in client.list_artifacts(micro_data, "data")}
     assert {"data/forward.jsonl", "data/probe.jsonl", "data/test_forward.jsonl", "data/test_reverse.jsonl"} <= artifacts
+    # The transfer family: the same record schema, the integer answer boxed in the attempt and as gold.
+    transfer = [json.loads(line) for line in mlflow.artifacts.load_text(f"runs:/{micro_data}/{tracking.ARTIFACT_TEST_TRANSFER}").splitlines()]
+    assert len(transfer) == 16 and run.data.metrics["data/transfer_count"] == 16
+    for row in transfer:
+        assert set(row) == {"id", "pair_id", "direction", "question", "thinking", "attempt", "gold", "source"}
+        assert row["direction"] in ("forward", "reverse") and row["source"] == "synthetic"
+        assert f"\\boxed{{{int(row['gold'])}}}" in row["attempt"]
     config_yaml = mlflow.artifacts.load_text(f"runs:/{micro_data}/config.yaml")
     assert "n_train: 64" in config_yaml
     forward = [json.loads(line) for line in mlflow.artifacts.load_text(f"runs:/{micro_data}/data/forward.jsonl").splitlines()]
@@ -69,7 +76,7 @@ def test_data_run_logs_records_params_and_dataset_inputs(micro_data, client, tmp
     assert [p["id"] for p in probe] == [f["id"] for f in ranked[:8]]
     assert example_tokens(tokenizer, Record(**ranked[8])) >= max(example_tokens(tokenizer, Record(**p)) for p in probe)
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
-    assert {"forward", "probe", "test_forward", "test_reverse"} <= set(inputs)
+    assert {"forward", "probe", "test_forward", "test_reverse", "test_transfer"} <= set(inputs)
     assert json.loads(inputs["forward"].dataset.profile)["num_rows"] == 64
 
 

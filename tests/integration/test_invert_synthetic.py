@@ -27,7 +27,7 @@ def test_synthetic_inversion_is_exact_and_tagged(micro_invert, micro_data, clien
     probe = _records(micro_invert, tracking.ARTIFACT_PROBE)
     assert sum(p["direction"] == "forward" for p in probe) == sum(p["direction"] == "reverse" for p in probe) == 8
     names = {d.dataset.name for d in run.inputs.dataset_inputs}
-    assert {"forward", "reverse", "probe", "test_forward", "test_reverse"} <= names
+    assert {"forward", "reverse", "probe", "test_forward", "test_reverse", "test_transfer"} <= names
 
 
 def test_synthetic_inversion_of_the_whole_tiny_world_recomputes():

@@ -114,7 +114,7 @@ def test_one_run_logs_curves_checkpoints_adapter_and_model(forward_run, micro_in
     assert run.data.metrics[tracking.metric_train("epoch")] == 2
     assert run.data.metrics[tracking.metric_train("tokens_per_second")] > 0
     assert run.data.metrics["sft/global_steps"] == 2 * STEPS_PER_EPOCH
-    for direction in ("forward", "reverse"):
+    for direction in ("forward", "reverse", "transfer"):
         assert 0 <= run.data.metrics[tracking.metric_sft_exact_match(direction)] <= 1
         assert tracking.metric_sft_exact_match(direction, base=True) in run.data.metrics
     # A PEFT adapter per epoch and the final one, adapter files only (no base weights).

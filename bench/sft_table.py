@@ -1,0 +1,63 @@
+"""The tiny study's SFT table from a tracking store: base and each mix on the forward, reverse and
+transfer held-out problems (greedy exact match, `sft/exact_match/<set>`), mean and spread over the
+FINISHED SFT runs of each mix (one per `sft.seed`), with the runs' seeds.
+
+Only runs with the preset's SFT settings count (`reverse_align.config_hash` of `--preset` with
+`--set` overrides, any `sft.seed` below 100): exploratory runs in the same store are left out.
+
+Usage: python bench/sft_table.py --store sqlite:///mlflow.db [--preset tiny] [--set section.key=value ...]
+"""
+
+import argparse
+import os
+import statistics
+
+SETS = ("forward", "reverse", "transfer")
+MIXES = ("forward", "reverse", "mixed", "mixed_half")
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+
+    import mlflow
+
+    from reverse_align import tracking
+    from reverse_align.config import load_config
+
+    # The SFT settings of the preset, any training seed (sft.seed is part of the fingerprint).
+    hashes = {tracking.config_hash(load_config(args.preset, [*args.set, f"sft.seed={n}"]), "sft") for n in range(100)}
+    client = mlflow.MlflowClient(args.store)
+    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", "reverse-align"))
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`{tracking.TAG_STAGE}` = 'sft' and attributes.status = 'FINISHED'"
+    )
+    runs = [r for r in runs if r.data.tags.get(tracking.TAG_CONFIG_HASH) in hashes]
+    print(f"{len(runs)} FINISHED sft runs with the {args.preset} SFT settings (seeds 0-99); "
+          "greedy exact match, mean ± sample std over seeds")
+    print(f"| model | seeds | {' | '.join(SETS)} |")
+    print(f"| --- | --- | {' | '.join('---' for _ in SETS)} |")
+    base = {s: [r.data.metrics[tracking.metric_sft_exact_match(s, base=True)] for r in runs
+                if tracking.metric_sft_exact_match(s, base=True) in r.data.metrics] for s in SETS}
+    print(f"| base | (all runs) | {' | '.join(cell(sorted(set(base[s]))) for s in SETS)} |")
+    for mix in MIXES:
+        mine = [r for r in runs if r.data.params.get("sft.mix") == mix]
+        seeds = sorted(int(r.data.params.get("sft.seed", -1)) for r in mine)
+        values = {s: [r.data.metrics[tracking.metric_sft_exact_match(s)] for r in mine
+                      if tracking.metric_sft_exact_match(s) in r.data.metrics] for s in SETS}
+        print(f"| {mix} | {','.join(map(str, seeds)) or '-'} | {' | '.join(cell(values[s]) for s in SETS)} |")
+
+
+if __name__ == "__main__":
+    main()
