@@ -32,8 +32,10 @@ class ModelConfig:
     name: str = "tiny-base"
     # Weights dtype for training and inference: float32 (CPU), bfloat16 (A.4.1: bf16).
     dtype: str = "float32"
-    # "sdpa", "eager", "flash_attention_2" (A.4.1 trains with flash attention) or
-    # "sdpa_varlen" (reverse_align.attention: padding-free batches without flash-attn, e.g. on CPU).
+    # "sdpa", "eager", "flash_attention_2" (A.4.1 trains with flash attention),
+    # "sdpa_varlen" (reverse_align.attention: padding-free batches without flash-attn, e.g. on CPU), or
+    # "auto": flash_attention_2 when flash-attn is installed on a GPU, else sdpa_varlen; the resolved
+    # name is what the run logs (reverse_align.preflight.resolve_attention).
     attn_implementation: str = "sdpa"
     # Recompute activations in the backward pass (A.4.1, GPU presets).
     gradient_checkpointing: bool = False
