@@ -244,6 +244,11 @@ def main(argv: list[str] | None = None) -> None:
         timer = StepTimer(device)
         trainer, _, _, _ = build_trainer(cfg, make_records(tokenizer, lengths), f"{out}/sft", callbacks=[timer.callback])
         sequence_lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        real = sum(sum(1 for t in ids if t != tokenizer.pad_token_id) for ids in trainer.train_dataset["input_ids"])
+        print(
+            f"{len(sequence_lengths)} examples, {len(set(sequence_lengths))} distinct lengths "
+            f"(sft.sequence_length_multiple={cfg.sft.sequence_length_multiple}: +{sum(sequence_lengths) / real - 1:.2%} tokens)"
+        )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()

@@ -107,8 +107,14 @@ def load_model(cfg: Config, path: str | None = None):
     if implementation == attention.NAME:
         attention.register()
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path or resolve_base_model(cfg),
         dtype=torch_dtype(cfg.model.dtype),
         attn_implementation=implementation,
     )
+    if cfg.model.compile_layers:
+        # Layer by layer (dynamic shapes): every packed length reuses one graph, and the trainer, peft and the
+        # fused LM-head loss still see a plain module tree.
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
+    return model

@@ -84,6 +84,18 @@ def missing(cfg: Config, stage: str, machine: Machine) -> list[str]:
                 "model.attn_implementation=flash_attention_2 needs flash-attn (pip install flash-attn "
                 "--no-build-isolation); without: --set model.attn_implementation=auto"
             )
+    if "sft" in TRAINING_SECTIONS.get(stage, ()) and cfg.sft.use_liger_kernel:
+        if not machine.cuda or "liger_kernel" not in machine.packages:
+            problems.append(
+                f"sft.use_liger_kernel=true needs liger-kernel on a CUDA GPU ({GPU_EXTRA}); "
+                "without: --set sft.use_liger_kernel=false"
+            )
+        if cfg.model.compile_layers:
+            # dynamo fails inside Liger's RMSNorm (issue 15: AssertionError in overwrite_tensor_vt_proxy).
+            problems.append(
+                "model.compile_layers=true cannot be combined with sft.use_liger_kernel=true; "
+                "without: --set model.compile_layers=false"
+            )
     for section_name in TRAINING_SECTIONS.get(stage, ()):
         section = getattr(cfg, section_name)
         if section.bf16 and not machine.cuda:

@@ -75,6 +75,23 @@ def build_dataset(tokenizer, records: list[Record], max_length: int):
     return Dataset.from_list(rows), {"examples": len(rows), "truncated": truncated, "dropped": dropped}
 
 
+def pad_to_multiple(dataset, multiple: int, pad_token_id: int):
+    """Each example padded at its end to a multiple of ``multiple`` tokens, with the loss off on the padding.
+
+    In a padding-free batch the padding keeps counting positions, so it belongs to its own example, after
+    every real token: causal attention keeps it from changing any real token's output or loss. What it buys
+    is fewer distinct sequence lengths (sft.sequence_length_multiple).
+    """
+    if multiple <= 1:
+        return dataset
+
+    def pad(row):
+        extra = -len(row["input_ids"]) % multiple
+        return {"input_ids": row["input_ids"] + [pad_token_id] * extra, "completion_mask": row["completion_mask"] + [0] * extra}
+
+    return dataset.map(pad, desc=f"padding each example to a multiple of {multiple} tokens")
+
+
 # ---------------------------------------------------------------- trainer
 
 
@@ -113,6 +130,7 @@ def sft_args(cfg: Config, output_dir):
         max_length=None,
         completion_only_loss=True,
         padding_free=s.padding_free,
+        use_liger_kernel=s.use_liger_kernel,
         **common.device_training_args(s.num_processes, s.deepspeed, cfg.model.gradient_checkpointing),
     )
 
@@ -127,6 +145,7 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
     base_path = resolve_base_model(cfg)
     tokenizer = load_tokenizer(cfg, base_path)
     dataset, stats = build_dataset(tokenizer, records, cfg.model.max_length)
+    dataset = pad_to_multiple(dataset, cfg.sft.sequence_length_multiple, tokenizer.pad_token_id)
     trainer = SFTTrainer(
         model=load_model(cfg, base_path),
         args=args,
@@ -140,6 +159,7 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
             *callbacks,
         ],
     )
+    common.cast_adapter_weights(trainer.model, cfg)
     return trainer, tokenizer, base_path, stats
 
 

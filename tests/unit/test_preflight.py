@@ -13,6 +13,8 @@ ALL_GPU_PACKAGES = frozenset({"deepspeed", "flash_attn", "bitsandbytes", "liger_
 def test_paper_preset_on_a_cpu_names_bf16_and_8bit_adam_with_their_overrides():
     problems = missing(load_config("paper-7b"), "sft", Machine(gpus=0))
     assert problems == [
+        "sft.use_liger_kernel=true needs liger-kernel on a CUDA GPU (pip install -e '.[gpu]'); "
+        "without: --set sft.use_liger_kernel=false",
         "sft.bf16=true needs a CUDA GPU; without: --set sft.bf16=false model.dtype=float32",
         "sft.optim=adamw_8bit needs bitsandbytes (pip install -e '.[gpu]'); without: --set sft.optim=adamw_torch",
     ]
@@ -39,7 +41,7 @@ def test_explicit_flash_attention_needs_flash_attn_and_a_gpu():
 
 def test_main_checks_both_training_sections_and_all_at_once():
     problems = missing(load_config("paper-7b"), "main", Machine(gpus=0))
-    assert [p.split("=")[0] for p in problems] == ["sft.bf16", "sft.optim", "dpo.bf16"]
+    assert [p.split("=")[0] for p in problems] == ["sft.use_liger_kernel", "sft.bf16", "sft.optim", "dpo.bf16"]
 
 
 def test_a_full_gpu_machine_passes_and_auto_attention_picks_flash_attn():
@@ -50,7 +52,7 @@ def test_a_full_gpu_machine_passes_and_auto_attention_picks_flash_attn():
 
 def test_auto_attention_without_flash_attn_is_sdpa_varlen_never_a_block_mask():
     cfg = load_config("paper-7b", ["sft.num_processes=1", "sft.optim=adamw_torch"])
-    check(cfg, "sft", Machine(gpus=1, packages=frozenset({"deepspeed"})))
+    check(cfg, "sft", Machine(gpus=1, packages=frozenset({"deepspeed", "liger_kernel"})))
     assert cfg.model.attn_implementation == "sdpa_varlen"
 
 
@@ -58,7 +60,7 @@ def test_tiny_needs_nothing_and_stages_that_train_nothing_are_not_checked():
     cfg = load_config("tiny")
     check(cfg, "sft", Machine(gpus=0))
     check(load_config("paper-7b"), "invert", Machine(gpus=0))
-    with pytest.raises(UserError, match="preset 'paper-7b' needs what this machine lacks: sft.bf16"):
+    with pytest.raises(UserError, match="preset 'paper-7b' needs what this machine lacks: sft.use_liger_kernel"):
         check(load_config("paper-7b"), "sft", Machine(gpus=0))
 
 
@@ -70,3 +72,11 @@ def test_cli_refuses_before_any_mlflow_run_exists(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: preset 'paper-7b' needs what this machine lacks: ")
     assert "sft.bf16=true needs a CUDA GPU" in lines[0] and "bitsandbytes" in lines[0]
     assert not store.exists()
+
+
+def test_compiled_layers_and_liger_are_refused_together():
+    cfg = load_config("paper-7b", ["model.compile_layers=true"])
+    problems = missing(cfg, "sft", Machine(gpus=4, packages=ALL_GPU_PACKAGES))
+    assert problems == [
+        "model.compile_layers=true cannot be combined with sft.use_liger_kernel=true; without: --set model.compile_layers=false"
+    ]
