@@ -123,6 +123,7 @@ def make_parser(stage_name: str) -> argparse.ArgumentParser:
 
 
 def run_stage(stage_name: str, argv: list[str]) -> None:
+    from reverse_align import preflight
     from reverse_align.config import load_config, set_field
 
     stage = STAGES[stage_name]
@@ -139,6 +140,8 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
                 set_field(cfg, param.config, value)
         else:
             kwargs[param.name] = value
+    # Before any MLflow run exists: everything the config needs from this machine, at once.
+    preflight.check(cfg, stage_name)
     module_name, func_name = stage.target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     func(cfg, **kwargs)

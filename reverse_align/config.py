@@ -32,11 +32,16 @@ class ModelConfig:
     name: str = "tiny-base"
     # Weights dtype for training and inference: float32 (CPU), bfloat16 (A.4.1: bf16).
     dtype: str = "float32"
-    # "sdpa", "eager", "flash_attention_2" (A.4.1 trains with flash attention) or
-    # "sdpa_varlen" (reverse_align.attention: padding-free batches without flash-attn, e.g. on CPU).
+    # "sdpa", "eager", "flash_attention_2" (A.4.1 trains with flash attention),
+    # "sdpa_varlen" (reverse_align.attention: padding-free batches without flash-attn, e.g. on CPU), or
+    # "auto": flash_attention_2 when flash-attn is installed on a GPU, else sdpa_varlen; the resolved
+    # name is what the run logs (reverse_align.preflight.resolve_attention).
     attn_implementation: str = "sdpa"
     # Recompute activations in the backward pass (A.4.1, GPU presets).
     gradient_checkpointing: bool = False
+    # torch.compile each decoder layer (dynamic shapes): 6,283 -> 8,549 tokens/s with bf16 LoRA on an H100 in
+    # issue 15's measurement, but ~90 s of compiling on the first step, and it cannot be combined with Liger.
+    compile_layers: bool = False
     # Max tokens of one training example (A.4.1: 20,000). Also the limit above
     # which an s1K DeepSeek trace is replaced by the Gemini one (PROTOCOL §1).
     max_length: int = 20000
@@ -144,6 +149,10 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
     )
+    # dtype of the trainable adapter weights (and so of their AdamW state): "float32" (peft's default, exact
+    # small updates) or "compute" (model.dtype: bf16 LoRA matmuls, +11% tokens/s on 7B in issue 15's H100
+    # measurement, but bf16 optimizer state may drop small updates over a long run: not verified, so not default).
+    adapter_dtype: str = "float32"
 
 
 @dataclass
@@ -171,6 +180,13 @@ class SFTConfig:
     # DeepSpeed config for multi-GPU runs (A.4.1: ZeRO-3); ignored on CPU.
     deepspeed: str = ""
     logging_steps: int = 1
+    # Liger's RMSNorm, RoPE and SwiGLU kernels (GPU, `pip install -e '.[gpu]'`); trl keeps its own fused LM-head
+    # loss. Exact kernels: first-step loss 12.7842 vs 12.7846, 6,283 -> 6,884 tokens/s on 7B (issue 15, H100).
+    use_liger_kernel: bool = False
+    # Pad each packed example at its end to a multiple of this many tokens (loss off on the padding, positions
+    # continuing, so no real token's output changes): cuDNN builds an attention plan per new sequence length
+    # (~0.16 s each on an H100), which bounding the distinct lengths saves. 0 = off (CPU: nothing to save).
+    sequence_length_multiple: int = 0
     # Seed of training only (LoRA init, data order, dropout); the world and base model keep data.seed.
     seed: int = 0
     # Held-out synthetic problems per direction for the quick greedy exact-match check

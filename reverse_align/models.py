@@ -99,12 +99,22 @@ def load_model(cfg: Config, path: str | None = None):
     from transformers import AutoModelForCausalLM
 
     from reverse_align import attention
+    from reverse_align.preflight import AUTO_ATTENTION, Machine, resolve_attention
 
-    if cfg.model.attn_implementation == attention.NAME:
+    implementation = cfg.model.attn_implementation
+    if implementation == AUTO_ATTENTION:
+        implementation = resolve_attention(implementation, Machine.detect())
+    if implementation == attention.NAME:
         attention.register()
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path or resolve_base_model(cfg),
         dtype=torch_dtype(cfg.model.dtype),
-        attn_implementation=cfg.model.attn_implementation,
+        attn_implementation=implementation,
     )
+    if cfg.model.compile_layers:
+        # Layer by layer (dynamic shapes): every packed length reuses one graph, and the trainer, peft and the
+        # fused LM-head loss still see a plain module tree.
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
+    return model

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from reverse_align import tracking
 from reverse_align.config import Config, LoraConfig
+from reverse_align.errors import UserError
 
 try:  # transformers is always installed; the import only stays out of `--help`'s way when it is not needed
     from transformers import TrainerCallback
@@ -87,6 +88,27 @@ def peft_lora_config(lora: LoraConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+ADAPTER_DTYPES = ("float32", "compute")
+
+
+def cast_adapter_weights(model, cfg: Config) -> None:
+    """Trainable adapter weights in the compute dtype when ``lora.adapter_dtype: compute``.
+
+    peft keeps them in float32 on a bf16 model; trl casts them the same way for QLoRA. Done before the
+    optimizer exists, so its state takes the same dtype.
+    """
+    from reverse_align.models import torch_dtype
+
+    if cfg.lora.adapter_dtype not in ADAPTER_DTYPES:
+        raise UserError(f"lora.adapter_dtype {cfg.lora.adapter_dtype!r}: expected one of {', '.join(ADAPTER_DTYPES)}")
+    if cfg.lora.adapter_dtype == "float32":
+        return
+    dtype = torch_dtype(cfg.model.dtype)
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(dtype)
 
 
 def run_output_dir(run_id: str) -> Path:

@@ -209,6 +209,7 @@ def train(
         model, peft_config = policy_model(cfg, adapter_dir, base_path)
     callbacks = [common.MlflowMetricsCallback(), *checkpoint_callbacks(cfg), *callbacks]
     trainer = build_trainer(model, peft_config, preference_dataset(pairs), tokenizer, args, callbacks)
+    common.cast_adapter_weights(trainer.model, cfg)
     trainer.train(resume_from_checkpoint=resume_from)
     # Every rank takes part (ZeRO-3 gathers the shards); the policy adapter "default" lands at the top of final/.
     final_dir = common.save_final_adapter(trainer, output_dir)

@@ -81,6 +81,23 @@ def build_dataset(tokenizer, records: list[Record], max_length: int):
     return Dataset.from_list(rows), {"examples": len(rows), **counts}
 
 
+def pad_to_multiple(dataset, multiple: int, pad_token_id: int):
+    """Each example padded at its end to a multiple of ``multiple`` tokens, with the loss off on the padding.
+
+    In a padding-free batch the padding keeps counting positions, so it belongs to its own example, after
+    every real token: causal attention keeps it from changing any real token's output or loss. What it buys
+    is fewer distinct sequence lengths (sft.sequence_length_multiple).
+    """
+    if multiple <= 1:
+        return dataset
+
+    def pad(row):
+        extra = -len(row["input_ids"]) % multiple
+        return {"input_ids": row["input_ids"] + [pad_token_id] * extra, "completion_mask": row["completion_mask"] + [0] * extra}
+
+    return dataset.map(pad, desc=f"padding each example to a multiple of {multiple} tokens")
+
+
 # ---------------------------------------------------------------- trainer
 
 
@@ -119,6 +136,7 @@ def sft_args(cfg: Config, output_dir):
         max_length=None,
         completion_only_loss=True,
         padding_free=s.padding_free,
+        use_liger_kernel=s.use_liger_kernel,
         **common.device_training_args(s.num_processes, s.deepspeed, cfg.model.gradient_checkpointing),
     )
 
@@ -133,6 +151,7 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
     base_path = resolve_base_model(cfg)
     tokenizer = load_tokenizer(cfg, base_path)
     dataset, stats = build_dataset(tokenizer, records, cfg.model.max_length)
+    dataset = pad_to_multiple(dataset, cfg.sft.sequence_length_multiple, tokenizer.pad_token_id)
     trainer = SFTTrainer(
         model=load_model(cfg, base_path),
         args=args,
@@ -146,6 +165,7 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
             *callbacks,
         ],
     )
+    common.cast_adapter_weights(trainer.model, cfg)
     return trainer, tokenizer, base_path, stats
 
 

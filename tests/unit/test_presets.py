@@ -3,6 +3,7 @@
 import pytest
 
 from reverse_align.config import load_config
+from reverse_align.preflight import Machine, resolve_attention
 
 PAPER = ["paper-3b", "paper-7b", "paper-14b"]
 MODELS = {"paper-3b": "Qwen/Qwen2.5-3B-Instruct", "paper-7b": "Qwen/Qwen2.5-7B-Instruct", "paper-14b": "Qwen/Qwen2.5-14B-Instruct"}
@@ -13,7 +14,11 @@ def test_model_and_data(preset):
     cfg = load_config(preset)
     assert cfg.model.name == MODELS[preset]
     assert cfg.model.dtype == "bfloat16"
-    assert cfg.model.attn_implementation == "flash_attention_2"
+    # A.4.1 flash attention: what `auto` picks where flash-attn is installed on a GPU.
+    assert cfg.model.attn_implementation == "auto"
+    assert resolve_attention(cfg.model.attn_implementation, Machine(gpus=1, packages=frozenset({"flash_attn"}))) == (
+        "flash_attention_2"
+    )
     assert cfg.model.gradient_checkpointing is True
     assert cfg.model.max_length == 20000
     assert cfg.data.source == "simplescaling/s1K-1.1"
