@@ -67,7 +67,8 @@ def draw(client, curves: list[Curve], kind: str, x_label: str = "epoch"):
                 label=curve.label,
             )
         ax.set_title(f"{phase.upper()}: {KIND_TITLES[kind]}")
-        ax.set_xlabel(f"{phase.upper()} {x_label} (0 = {'base' if phase == 'sft' else 'start'} model)")
+        start = "the base model" if phase == "sft" else "the model DPO starts from"
+        ax.set_xlabel(f"{phase.upper()} {x_label} (0 = {start})")
         ax.grid(alpha=0.3)
         if kind == "margin":
             ax.axhline(0, color="grey", linewidth=0.8)
