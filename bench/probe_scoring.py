@@ -82,7 +82,9 @@ def ours(cfg, base, tokenizer, items, adapters):
     from reverse_align.models import load_model
     from reverse_align.probe.alp import CheckpointScorer
 
-    scorer = CheckpointScorer(load_model(cfg, base), tokenizer, items, cfg.probe.max_response_tokens, cfg.probe.batch_tokens)
+    scorer = CheckpointScorer(
+        load_model(cfg, base), tokenizer, items, cfg.probe.max_response_tokens, cfg.probe.batch_tokens
+    )
     return [scorer.score_adapter(a) for a in adapters]
 
 
@@ -169,7 +171,9 @@ def main() -> None:
     )
     ours_wall, ours_cpu = best["ours (batched, adapter swap)"]
     for name, (wall, cpu) in best.items():
-        print(f"  {name:40s} cpu {cpu:7.2f} s   wall {wall:7.2f} s   speed-up (cpu) {cpu / ours_cpu:5.1f}x   (wall) {wall / ours_wall:5.1f}x")
+        print(
+            f"  {name:40s} cpu {cpu:7.2f} s   wall {wall:7.2f} s   speed-up (cpu) {cpu / ours_cpu:5.1f}x   (wall) {wall / ours_wall:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

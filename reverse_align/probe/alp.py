@@ -20,8 +20,8 @@ swaps each checkpoint in as a PEFT adapter (load, set active, delete the last).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from reverse_align.data.schema import FORWARD, REVERSE, Record
 from reverse_align.errors import UserError
@@ -165,7 +165,9 @@ class Scores:
         ]
 
 
-def score(model, tokenizer, items: list[ProbeItem], sequences: list[Encoded], batch_tokens: int, progress=None) -> Scores:
+def score(
+    model, tokenizer, items: list[ProbeItem], sequences: list[Encoded], batch_tokens: int, progress=None
+) -> Scores:
     values = mean_response_logprobs(model, sequences, tokenizer.pad_token_id, batch_tokens, progress).tolist()
     return Scores(items, values[0::2], values[1::2])
 

@@ -47,7 +47,9 @@ def draw(client, curves: list[Curve], kind: str, x_label: str = "epoch"):
     import matplotlib.pyplot as plt
 
     histories = {
-        (curve, phase): sorted(client.get_metric_history(curve.run_id, tracking.metric_alp(phase, kind, curve.test)), key=lambda m: m.step)
+        (curve, phase): sorted(
+            client.get_metric_history(curve.run_id, tracking.metric_alp(phase, kind, curve.test)), key=lambda m: m.step
+        )
         for curve in curves
         for phase in tracking.ALP_PHASES
     }

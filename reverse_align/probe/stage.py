@@ -242,5 +242,7 @@ def run_probe(cfg: Config, data_run_id: str = "", train_on: str = "", run_id: st
     if run_id:
         return run_checkpoints(cfg, run_id)
     if not data_run_id:
-        raise UserError("give --data_run_id <invert run> --train_on forward|reverse|mixed, or --run_id <sft or dpo run>")
+        raise UserError(
+            "give --data_run_id <invert run> --train_on forward|reverse|mixed, or --run_id <sft or dpo run>"
+        )
     return run_experiment(cfg, data_run_id, train_on or "forward")

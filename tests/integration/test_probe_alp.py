@@ -27,7 +27,9 @@ def reference_mean_logprob(model, tokenizer, question: str, response: Record, ca
     """Mean log p of the first ``cap`` tokens of the assistant turn, one unpadded sequence, own log-softmax."""
     turn = "<|im_start|>think\n" + response.thinking + "\n<|im_start|>answer\n" + response.attempt
     user = [{"role": "user", "content": question}]
-    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     full = tokenizer.apply_chat_template(
         user + [{"role": "assistant", "content": turn}], tokenize=True, return_dict=True
     )["input_ids"]
@@ -128,7 +130,12 @@ def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(cfg, tokeni
     scorer = alp.CheckpointScorer(fresh_model(cfg), tokenizer, items, max_response_tokens=1000, batch_tokens=600)
     assert len(alp.length_batches(scorer.sequences, 600)) > 2
     # Base, adapter 1, adapter 2, base again: each swap must leave nothing of the previous one behind.
-    results = [scorer.score_base(), scorer.score_adapter(adapters[0]), scorer.score_adapter(adapters[1]), scorer.score_base()]
+    results = [
+        scorer.score_base(),
+        scorer.score_adapter(adapters[0]),
+        scorer.score_adapter(adapters[1]),
+        scorer.score_base(),
+    ]
     for scores, adapter in zip(results, [None, adapters[0], adapters[1], None]):
         assert_scores_equal(scores, *reference_scores(fresh_model(cfg, adapter), tokenizer, items, 1000))
     # The adapters change the scores (so "equal" above is not the base model three times).
@@ -175,7 +182,10 @@ def test_the_first_response_token_is_scored(cfg, tokenizer, probe_records):
     # With a cap of 1 the score is log p(first assistant token | templated question), nothing else.
     assert_scores_equal(scores, *reference_scores(model, tokenizer, items, 1))
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": items[0].asked.question}], add_generation_prompt=True, tokenize=True, return_dict=True
+        [{"role": "user", "content": items[0].asked.question}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
     )["input_ids"]
     encoded = alp.encode_items(tokenizer, items, 1)[0]
     assert encoded.response_start == len(prompt)

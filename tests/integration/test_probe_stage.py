@@ -29,7 +29,9 @@ def experiment_runs(micro_invert):
     return {train_on: run_probe(cfg, data_run_id=micro_invert, train_on=train_on) for train_on in ("forward", "mixed")}
 
 
-def test_experiment_trains_on_the_probe_set_in_nested_runs_and_logs_alp_per_epoch(client, micro_invert, experiment_runs):
+def test_experiment_trains_on_the_probe_set_in_nested_runs_and_logs_alp_per_epoch(
+    client, micro_invert, experiment_runs
+):
     probe_id = experiment_runs["forward"]
     run = client.get_run(probe_id)
     assert run.info.status == "FINISHED"
