@@ -99,6 +99,16 @@ STAGES: dict[str, Stage] = {
             Param("run_id", "resume this dpo run"),
         ),
     ),
+    "probe": Stage(
+        "reverse_align.probe.stage:run_probe",
+        "ALP learning dynamics (Figure 2) on the probe set, or of an existing run's checkpoints",
+        (
+            PRESET,
+            Param("data_run_id", "finished invert run: train on its probe set and score"),
+            Param("train_on", "forward, reverse or mixed (D_f, D_r, D_m)"),
+            Param("run_id", "finished sft or dpo run: score its logged checkpoints instead"),
+        ),
+    ),
 }
 
 

@@ -192,6 +192,9 @@ class SFTConfig:
     # Held-out synthetic problems per direction for the quick greedy exact-match check
     # after training, adapter on and off (0 = skip). Not from the paper: a tiny-world sanity check.
     exact_match_limit: int = 200
+    # Which pairs of the invert run to train on: "all" (Table 1) or "probe" (the probe set's
+    # 50 + 50, §3.2: what the ALP experiment trains on; set by the `probe` stage).
+    train_set: str = "all"
 
 
 @dataclass
@@ -221,6 +224,8 @@ class DPOConfig:
     logging_steps: int = 1
     # Seed of training only (data order, dropout); the world and base model keep data.seed.
     seed: int = 0
+    # Which pairs of the invert run to train on: "all" (Table 2) or "probe" (§3.2; set by `probe`).
+    train_set: str = "all"
 
 
 @dataclass
@@ -232,6 +237,9 @@ class ProbeConfig:
     dpo_beta: float = 0.2
     # ALP responses capped at 1,000 tokens (A.1).
     max_response_tokens: int = 1000
+    # Tokens (padded batch width x sequences) per scoring forward pass; bounds the float32 logits
+    # (tokens x vocabulary) held at once. Not from the paper.
+    batch_tokens: int = 8192
 
 
 @dataclass

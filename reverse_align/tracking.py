@@ -68,6 +68,9 @@ ARTIFACT_INVERT_TEMPLATES = "invert/templates"
 ARTIFACT_RESUME = "resume"
 # sft: which records went into the mix, in training order (counts per direction, pair ids).
 ARTIFACT_MIX = "mix/composition.json"
+# probe: per item and checkpoint ALP values (an mlflow table) and Figure 2's three panels.
+ARTIFACT_ALP_ITEMS = "alp/items.json"
+ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
 
 # Metrics
 METRIC_INVERT_REQUESTED = "invert/requested"
@@ -125,6 +128,15 @@ def resume_artifact(checkpoint_dir_name: str) -> str:
 
 def metric_eval_accuracy(benchmark: str) -> str:
     return f"eval/{benchmark}/accuracy"
+
+
+# probe: ALP of y+ / y- and their margin (PROTOCOL §4), per training phase and probe test set
+# (T_f = forward questions, T_r = reverse questions, T_m = both), at step = the checkpoint's epoch.
+# A probe run trained on D_f logs all three tests, so (D_f,T_f) and the out-of-distribution (D_f,T_r)
+# are `alp/<phase>/<kind>/forward` and `.../reverse` of the run whose param probe.train_on is forward.
+ALP_PHASES = ("sft", "dpo")
+ALP_KINDS = ("pos", "neg", "margin")
+ALP_TESTS = ("forward", "reverse", "mixed")
 
 
 def metric_alp(phase: str, kind: str, test: str) -> str:
@@ -192,21 +204,24 @@ def stage_run(
     import mlflow
 
     setup()
+    # A stage started inside another stage's run (the probe's SFT and DPO) is its nested child;
+    # it never takes over the `mlflow run` launcher run, which the outer stage already holds.
+    nested = mlflow.active_run() is not None
     launcher = os.environ.get("MLFLOW_RUN_ID")
-    reuse = run_id or _launcher_run_id()
+    reuse = run_id or (None if nested else _launcher_run_id())
     # mlflow.start_run() reads MLFLOW_RUN_ID itself; hide it when we do not reuse it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        run = mlflow.start_run(run_id=reuse) if reuse else mlflow.start_run()
+        run = mlflow.start_run(run_id=reuse, nested=nested) if reuse else mlflow.start_run(nested=nested)
     finally:
         if launcher:
             os.environ["MLFLOW_RUN_ID"] = launcher
-    if launcher and launcher != run.info.run_id:
+    if launcher and launcher != run.info.run_id and not nested:
         mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
     try:
         mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset, TAG_CONFIG_HASH: config_hash(cfg, stage)})
         parent = os.environ.get(ENV_PARENT_RUN_ID)
-        if parent and parent != run.info.run_id:
+        if parent and parent != run.info.run_id and not nested:
             mlflow.set_tag("mlflow.parentRunId", parent)
         upstream = {**base_model_upstream(cfg, stage), **(upstream or {})}
         for up_stage, up_id in upstream.items():

@@ -32,6 +32,7 @@ from reverse_align.config import Config
 from reverse_align.data.invert import load_run_records
 from reverse_align.errors import UserError
 from reverse_align.train import common
+from reverse_align.train.mixes import train_set_artifacts
 from reverse_align.train.preferences import BOTH, check_direction, fit_prompts, preference_dataset, preference_pairs
 
 STAGE = "dpo"
@@ -84,11 +85,12 @@ def check_same_base(cfg: Config, sft_run) -> None:
 
 
 def load_pairs(cfg: Config, data_run_id: str, direction: str, tokenizer) -> tuple[list[dict], int]:
-    forward = load_run_records(data_run_id, tracking.ARTIFACT_FORWARD)
+    forward_artifact, reverse_artifact = train_set_artifacts(cfg.dpo.train_set)
+    forward = load_run_records(data_run_id, forward_artifact)
     try:
-        reverse = load_run_records(data_run_id, tracking.ARTIFACT_REVERSE)
+        reverse = load_run_records(data_run_id, reverse_artifact)
     except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
-        raise UserError(f"--data_run_id {data_run_id}: has no {tracking.ARTIFACT_REVERSE}") from None
+        raise UserError(f"--data_run_id {data_run_id}: has no {reverse_artifact}") from None
     pairs = preference_pairs(forward, reverse, direction)
     return fit_prompts(pairs, tokenizer, cfg.dpo.max_prompt_length)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 
+from reverse_align import tracking
 from reverse_align.data.schema import FORWARD, REVERSE, Record
 from reverse_align.errors import UserError
 
@@ -61,3 +62,18 @@ def composition(records: list[Record], mix: str, seed: int) -> dict:
         "pair_ids": sorted({r.pair_id for r in records}),
         "order": [r.id for r in records],
     }
+
+
+# Which pairs of an invert run a training stage draws from (sft.train_set, dpo.train_set):
+# every pair (Tables 1-2), or the probe set's 50 + 50 (§3.2, the ALP experiment: D_f, D_r, D_m).
+TRAIN_SETS = ("all", "probe")
+
+
+def train_set_artifacts(train_set: str) -> tuple[str, str]:
+    """(forward, reverse) artifacts of an invert run that hold ``train_set``'s records."""
+    if train_set == "all":
+        return tracking.ARTIFACT_FORWARD, tracking.ARTIFACT_REVERSE
+    if train_set == "probe":
+        # The invert run's probe file holds the probe's forward items and their reverses.
+        return tracking.ARTIFACT_PROBE, tracking.ARTIFACT_PROBE
+    raise UserError(f"train_set {train_set!r}: expected one of {', '.join(TRAIN_SETS)}")

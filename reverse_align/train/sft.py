@@ -27,7 +27,7 @@ from reverse_align.data.schema import Record
 from reverse_align.errors import UserError
 from reverse_align.formatting import chat_messages, prompt_messages
 from reverse_align.train import common
-from reverse_align.train.mixes import MIXES, composition, compose_mix
+from reverse_align.train.mixes import MIXES, composition, compose_mix, train_set_artifacts
 
 STAGE = "sft"
 TAG_STOPPED_AT_STEP = "reverse_align.stopped_at_step"
@@ -36,11 +36,12 @@ TAG_STOPPED_AT_STEP = "reverse_align.stopped_at_step"
 # ---------------------------------------------------------------- data
 
 
-def load_mix(data_run_id: str, mix: str, seed: int) -> list[Record]:
+def load_mix(data_run_id: str, mix: str, seed: int, train_set: str = "all") -> list[Record]:
     from reverse_align.data.invert import load_run_records
 
-    forward = load_run_records(data_run_id, tracking.ARTIFACT_FORWARD)
-    reverse = load_run_records(data_run_id, tracking.ARTIFACT_REVERSE)
+    forward_artifact, reverse_artifact = train_set_artifacts(train_set)
+    forward = load_run_records(data_run_id, forward_artifact)
+    reverse = load_run_records(data_run_id, reverse_artifact)
     return compose_mix(forward, reverse, mix, seed)
 
 
@@ -203,7 +204,7 @@ def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str
     """Train one mix; on rank 0 (which holds the active run) log the adapter, model and quick check."""
     import mlflow
 
-    records = load_mix(data_run_id, mix, cfg.sft.seed)
+    records = load_mix(data_run_id, mix, cfg.sft.seed, cfg.sft.train_set)
     output_dir = common.run_output_dir(run_id)
     trainer, tokenizer, base_path, stats = build_trainer(cfg, records, output_dir, callbacks)
     trainer.train(resume_from_checkpoint=resume_from)
@@ -268,7 +269,7 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
     params = {"sft.mix": mix, "sft.data_run_id": data_run_id}
     with tracking.stage_run(STAGE, cfg, upstream={"invert": data_run_id}, params=params, run_id=run_id or None) as run:
         run_id = run.info.run_id
-        records = load_mix(data_run_id, mix, cfg.sft.seed)
+        records = load_mix(data_run_id, mix, cfg.sft.seed, cfg.sft.train_set)
         mix_info = composition(records, mix, cfg.sft.seed)
         mlflow.log_dict(mix_info, tracking.ARTIFACT_MIX)
         existing = mlflow.MlflowClient().get_run(run_id).data.params

@@ -1,0 +1,180 @@
+"""ALP probe scoring: batched + adapter swap versus reloading per checkpoint and scoring item by item.
+
+What is measured: 100 probe items (50 forward problems of the tiny world and
+their exact reverses; each item scores y+ and y-, so 200 sequences) on 7
+checkpoints. The model is a randomly initialised Qwen2 of the ``tiny`` preset's
+shape (its own tokenizer, built locally; no pretraining, no download), saved to
+disk; the 7 checkpoints are random LoRA adapters of the tiny preset's LoRA config
+(r=64 on every projection, lm_head as a trained copy), non-zero, saved in PEFT
+format. Random weights score like trained ones: the cost is the forward passes.
+
+- ``ours``: :class:`reverse_align.probe.alp.CheckpointScorer`: the base loaded
+  once, each adapter loaded / activated / the previous deleted, sequences sorted
+  by length in padded batches of ``probe.batch_tokens`` tokens, one forward pass
+  per batch, log-probs gathered for all tokens at once.
+- ``reload+per-item``: per checkpoint, the base model and adapter loaded from
+  disk (``PeftModel.from_pretrained``), one forward pass per sequence, the
+  log-probs taken with one ``.item()`` per token (the released analysis, PROTOCOL §7).
+- ``reload+per-item vectorised``: the same, but each sequence's log-probs summed
+  in one tensor op (a fairer baseline: what remains is the reloading and batch 1).
+
+All three run in this one process, one after the other, ``--rounds`` times; each
+figure is the best round. Headline: process CPU time (one torch thread), since the
+machine is shared and wall time moves with others' load; wall time is printed too.
+The results must agree within 1e-5 (checked).
+
+Usage: python bench/probe_scoring.py [--items 100] [--checkpoints 7] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+def build(work: Path, n_checkpoints: int, cfg):
+    """A random tiny-shaped base model + tokenizer and ``n_checkpoints`` random LoRA adapters, on disk."""
+    import torch
+    from peft import get_peft_model
+
+    from reverse_align.train.common import peft_lora_config
+    from reverse_align.train.pretrain import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(cfg)
+    base = work / "base"
+    build_model(cfg, tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapters = []
+    for index in range(n_checkpoints):
+        torch.manual_seed(100 + index)
+        from transformers import AutoModelForCausalLM
+
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft_lora_config(cfg.lora))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name or "modules_to_save" in name:
+                    param.add_(torch.randn_like(param) * 0.02)
+        path = work / f"checkpoint-{index + 1}"
+        model.save_pretrained(path)
+        adapters.append(str(path))
+    return str(base), tokenizer, adapters
+
+
+def probe(cfg, n_items: int):
+    from reverse_align.data import synthetic
+    from reverse_align.probe.alp import probe_items
+
+    world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
+    forward = world.records("train", "forward")[: n_items // 2]
+    return probe_items(forward + [synthetic.invert(r) for r in forward])
+
+
+def ours(cfg, base, tokenizer, items, adapters):
+    from reverse_align.models import load_model
+    from reverse_align.probe.alp import CheckpointScorer
+
+    scorer = CheckpointScorer(
+        load_model(cfg, base), tokenizer, items, cfg.probe.max_response_tokens, cfg.probe.batch_tokens
+    )
+    return [scorer.score_adapter(a) for a in adapters]
+
+
+def reloading(cfg, base, tokenizer, items, adapters, per_token_item: bool):
+    import torch
+    from peft import PeftModel
+
+    from reverse_align.models import load_model
+    from reverse_align.probe.alp import encode_items
+
+    results = []
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(load_model(cfg, base), adapter).eval()
+        values = []
+        for seq in encode_items(tokenizer, items, cfg.probe.max_response_tokens):
+            with torch.inference_mode():
+                logps = torch.log_softmax(model(torch.tensor([seq.input_ids])).logits[0].float(), -1)
+            targets = seq.input_ids[seq.response_start :]
+            rows = logps[seq.response_start - 1 : len(seq.input_ids) - 1]
+            if per_token_item:
+                total = 0.0
+                for t, token in enumerate(targets):
+                    total += rows[t, token].item()
+                values.append(total / len(targets))
+            else:
+                values.append(rows.gather(-1, torch.tensor(targets).unsqueeze(-1)).double().mean().item())
+        results.append((values[0::2], values[1::2]))
+    return results
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--checkpoints", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from reverse_align.config import load_config
+    from reverse_align.models import load_model
+    from reverse_align.probe.alp import encode_items
+
+    torch.set_num_threads(1)
+    cfg = load_config("tiny")
+    cfg.model.attn_implementation = "sdpa"  # padded batches: sdpa_varlen hands them to sdpa anyway
+    with tempfile.TemporaryDirectory() as tmp:
+        base, tokenizer, adapters = build(Path(tmp), args.checkpoints, cfg)
+        items = probe(cfg, args.items)
+        lengths = sorted(len(s.input_ids) for s in encode_items(tokenizer, items, cfg.probe.max_response_tokens))
+        n_params = sum(p.numel() for p in load_model(cfg, base).parameters())
+        variants = {
+            "ours (batched, adapter swap)": lambda: ours(cfg, base, tokenizer, items, adapters),
+            "reload + per item, .item() per token": lambda: reloading(cfg, base, tokenizer, items, adapters, True),
+            "reload + per item, vectorised": lambda: reloading(cfg, base, tokenizer, items, adapters, False),
+        }
+        best: dict[str, tuple[float, float]] = {}
+        outputs = {}
+        for _ in range(args.rounds):
+            for name, fn in variants.items():
+                out, wall, cpu = timed(fn)
+                outputs[name] = out
+                prev = best.get(name, (float("inf"), float("inf")))
+                best[name] = (min(prev[0], wall), min(prev[1], cpu))
+    fast = [(s.positive, s.negative) for s in outputs["ours (batched, adapter swap)"]]
+    worst = max(
+        abs(a - b)
+        for name, out in outputs.items()
+        if name.startswith("reload")
+        for (pos, neg), (ref_pos, ref_neg) in zip(fast, out)
+        for a, b in zip(pos + neg, ref_pos + ref_neg)
+    )
+    assert worst <= 1e-5, f"variants disagree by {worst:.3g}"
+    print(
+        f"{len(items)} items ({2 * len(items)} sequences, {lengths[0]}-{lengths[-1]} tokens) x {len(adapters)} checkpoints;"
+        f" random Qwen2 of the tiny shape ({n_params / 1e6:.2f}M parameters), LoRA r={cfg.lora.r}; 1 torch thread;"
+        f" best of {args.rounds} rounds; max |difference| between variants {worst:.2g}"
+    )
+    ours_wall, ours_cpu = best["ours (batched, adapter swap)"]
+    for name, (wall, cpu) in best.items():
+        print(
+            f"  {name:40s} cpu {cpu:7.2f} s   wall {wall:7.2f} s   speed-up (cpu) {cpu / ours_cpu:5.1f}x   (wall) {wall / ours_wall:5.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
