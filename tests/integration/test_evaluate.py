@@ -144,3 +144,23 @@ def test_judge_verdicts_are_cached_so_a_rerun_sends_no_request(micro_base, micro
         metrics = client.get_run(run_id).data.metrics
         assert tracking.metric_eval("synthetic_forward", "accuracy_rules") in metrics
     assert client.get_run(first).data.metrics == client.get_run(second).data.metrics
+
+
+def test_prompt_is_the_training_prompt_and_the_answer_marker_survives_decoding(micro_base, tmp_path):
+    from reverse_align.data import synthetic
+    from reverse_align.eval import benchmarks
+    from reverse_align.eval.generation import generation_prompt
+    from reverse_align.eval.grading import ANSWER_MARKER
+    from reverse_align.eval.lm import build_lm
+    from reverse_align.eval.stage import run_lm_eval
+    from reverse_align.models import resolve_base_model
+
+    cfg = micro("eval.max_new_tokens=4")
+    record = synthetic.make_world(cfg.synthetic, cfg.data.seed).records("test", "forward")[0]
+    benchmarks.write_docs([benchmarks._doc(record.id, record.question, record.gold, "integer", cfg.eval)], tmp_path / "synthetic_forward.jsonl")
+    lm = build_lm(cfg, resolve_base_model(cfg), None)
+    sample = run_lm_eval(cfg, lm, ["synthetic_forward"], tmp_path)["samples"]["synthetic_forward"][0]
+    # lm-eval's chat-templated context is the prompt SFT trained on, ending in the think marker.
+    assert sample["arguments"][0][0] == generation_prompt(lm.tokenizer, record.question)
+    ids = lm.tokenizer("so 5\n" + ANSWER_MARKER + "\n\\boxed{5}", add_special_tokens=False)["input_ids"]
+    assert ANSWER_MARKER in lm.tok_decode(ids)  # HFLM's default decoding would drop <|im_start|>
