@@ -40,8 +40,8 @@ def main() -> None:
     import logging
 
     import torch
-
     from dpo_reference_memory import bench_config, build
+
     from reverse_align.data import synthetic
     from reverse_align.eval import benchmarks
     from reverse_align.eval.lm import build_lm
@@ -74,7 +74,9 @@ def main() -> None:
                 print(f"round {round_index + 1}: batch {batch:3d}: {seconds:7.2f} s")
         tokens = args.questions * args.new_tokens
         for batch in (args.batch, 1):
-            print(f"batch {batch:3d}: best {best[batch]:7.2f} s, {args.questions / best[batch]:6.2f} questions/s, ~{tokens / best[batch]:7.0f} new tokens/s")
+            print(
+                f"batch {batch:3d}: best {best[batch]:7.2f} s, {args.questions / best[batch]:6.2f} questions/s, ~{tokens / best[batch]:7.0f} new tokens/s"
+            )
         print(f"batched / one at a time: {best[1] / best[args.batch]:.2f}x questions/s")
         same = sum(a == b for a, b in zip(responses[args.batch], responses[1]))
         print(f"identical greedy responses: {same}/{args.questions}")

@@ -126,7 +126,9 @@ def choice_letter(answer: str, choices: list[str]) -> str | None:
     return None
 
 
-def grade(kind: str, response: str, gold: str, choices: list[str] | None = None, marker_required: bool = True) -> Graded:
+def grade(
+    kind: str, response: str, gold: str, choices: list[str] | None = None, marker_required: bool = True
+) -> Graded:
     """Grade one response of a benchmark of ``kind`` against ``gold`` (GPQA: the gold letter)."""
     if kind not in KINDS:
         raise ValueError(f"unknown grading kind {kind!r}; expected one of {KINDS}")

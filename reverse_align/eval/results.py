@@ -67,7 +67,9 @@ def benchmark_metrics(benchmark: str, rows: list[dict], samples: int, resamples:
         tracking.metric_eval(benchmark, "answers"): len(rows),
     }
     if judged:
-        metrics[tracking.metric_eval(benchmark, "accuracy_rules")] = sum(r["correct_rules"] for r in rows) / max(1, len(rows))
+        metrics[tracking.metric_eval(benchmark, "accuracy_rules")] = sum(r["correct_rules"] for r in rows) / max(
+            1, len(rows)
+        )
     return metrics
 
 
@@ -91,7 +93,9 @@ def log(results: dict, rows: dict[str, list[dict]], metrics: dict) -> None:
 def summary_table(metrics: dict, benchmarks: list[str]) -> str:
     lines = [f"{'benchmark':20s} {'accuracy':>8s}  {'95% interval':>15s}  {'unparsed':>8s}  {'answers':>7s}"]
     for b in benchmarks:
-        acc, low, high, unparsed, answers = (metrics[tracking.metric_eval(b, n)] for n in ("accuracy", "ci_low", "ci_high", "unparsed", "answers"))
+        acc, low, high, unparsed, answers = (
+            metrics[tracking.metric_eval(b, n)] for n in ("accuracy", "ci_low", "ci_high", "unparsed", "answers")
+        )
         lines.append(f"{b:20s} {acc:8.3f}  [{low:.3f}, {high:.3f}]  {int(unparsed):8d}  {int(answers):7d}")
     lines.append(f"{'average':20s} {metrics[tracking.METRIC_EVAL_AVERAGE]:8.3f}")
     return "\n".join(lines)

@@ -149,7 +149,9 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
         upstream[data_stage] = data_run_id
     with tracking.stage_run(STAGE, cfg, upstream=upstream, params=params) as run:
         base_path = resolve_base_model(cfg)
-        adapter_dir = tracking.download_artifact(run_id, tracking.ARTIFACT_ADAPTER, str(docs_dir / "adapter")) if run_id else None
+        adapter_dir = (
+            tracking.download_artifact(run_id, tracking.ARTIFACT_ADAPTER, str(docs_dir / "adapter")) if run_id else None
+        )
         lm = build_lm(cfg, base_path, adapter_dir)
         output = run_lm_eval(cfg, lm, names, docs_dir)
         rows, metrics = {}, {}
@@ -158,7 +160,9 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
             if judge is not None:
                 results.apply_judge(judge, rows[name], {d["id"]: d for d in docs[name]})
             metrics.update(
-                results.benchmark_metrics(name, rows[name], cfg.eval.samples, cfg.eval.bootstrap_resamples, judge is not None)
+                results.benchmark_metrics(
+                    name, rows[name], cfg.eval.samples, cfg.eval.bootstrap_resamples, judge is not None
+                )
             )
         metrics[tracking.METRIC_EVAL_AVERAGE] = results.average(metrics, names)
         results.log(output, rows, metrics)

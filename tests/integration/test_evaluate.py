@@ -39,7 +39,10 @@ def write_jsonl(path, rows):
 def local_sources(tmp_path_factory):
     """Three rows of each dataset with its real field names (aime24_nofigures, MATH-500, GPQA diamond)."""
     root = tmp_path_factory.mktemp("benchmarks")
-    aime = [{"id": f"2024-I-{i}", "problem": f"Find {i} + 1.", "solution": "...", "answer": f"{i + 1:03d}", "url": ""} for i in range(3)]
+    aime = [
+        {"id": f"2024-I-{i}", "problem": f"Find {i} + 1.", "solution": "...", "answer": f"{i + 1:03d}", "url": ""}
+        for i in range(3)
+    ]
     math = [
         {"problem": "What is 1/2 as a decimal?", "solution": "...", "answer": "0.5", "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"},
         {"problem": "Solve x - 3 = 0.", "solution": "...", "answer": "3", "subject": "Algebra", "level": 1, "unique_id": "test/algebra/2.json"},
@@ -67,7 +70,13 @@ def test_synthetic_benchmarks_on_an_sft_run(micro_sft, micro_invert, client):
     for name in SYNTHETIC:
         acc = metrics[tracking.metric_eval_accuracy(name)]
         assert metrics[tracking.metric_eval(name, "questions")] == 5 == metrics[tracking.metric_eval(name, "answers")]
-        assert 0.0 <= metrics[tracking.metric_eval(name, "ci_low")] <= acc <= metrics[tracking.metric_eval(name, "ci_high")] <= 1.0
+        assert (
+            0.0
+            <= metrics[tracking.metric_eval(name, "ci_low")]
+            <= acc
+            <= metrics[tracking.metric_eval(name, "ci_high")]
+            <= 1.0
+        )
         assert metrics[tracking.metric_eval(name, "ci_high")] > metrics[tracking.metric_eval(name, "ci_low")]
         assert len(params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"]) == 12
         table = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/{name}.json")
@@ -80,7 +89,9 @@ def test_synthetic_benchmarks_on_an_sft_run(micro_sft, micro_invert, client):
     lm_eval_results = artifact_json(client, run_id, tracking.ARTIFACT_EVAL_RESULTS)
     # lm-eval's own aggregate (same grading, through the shipped task's process_results) agrees with ours.
     for name in SYNTHETIC:
-        assert lm_eval_results["results"][name]["accuracy,all"] == pytest.approx(metrics[tracking.metric_eval_accuracy(name)])
+        assert lm_eval_results["results"][name]["accuracy,all"] == pytest.approx(
+            metrics[tracking.metric_eval_accuracy(name)]
+        )
 
 
 def test_aime_math_gpqa_end_to_end_on_local_files(micro_base, local_sources, client):
@@ -114,7 +125,15 @@ def test_gpqa_shuffle_is_fixed_by_seed_and_moves_the_answer():
 
 
 def test_missing_data_is_one_line_exit_2(micro_base, micro_data, tmp_path):
-    missing = run_cli("evaluate", "--preset", "micro", "--benchmarks", "math500", "--set", f"eval.math500_source={tmp_path}/nope.jsonl")
+    missing = run_cli(
+        "evaluate",
+        "--preset",
+        "micro",
+        "--benchmarks",
+        "math500",
+        "--set",
+        f"eval.math500_source={tmp_path}/nope.jsonl",
+    )
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
     assert "nope.jsonl: file not found" in missing.stderr
     # The default HF id with the hub offline (tests set HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1).
@@ -122,7 +141,9 @@ def test_missing_data_is_one_line_exit_2(micro_base, micro_data, tmp_path):
     assert offline.returncode == 2 and offline.stderr.strip().count("\n") == 0, offline.stderr
     assert "simplescaling/aime24_nofigures" in offline.stderr and "hub" in offline.stderr
     # A data run without the transfer set.
-    transfer = run_cli("evaluate", "--preset", "micro", "--benchmarks", "synthetic_transfer", "--data_run_id", micro_data)
+    transfer = run_cli(
+        "evaluate", "--preset", "micro", "--benchmarks", "synthetic_transfer", "--data_run_id", micro_data
+    )
     assert transfer.returncode == 2 and transfer.stderr.strip().count("\n") == 0
     assert "synthetic_transfer" in transfer.stderr and tracking.ARTIFACT_TEST_TRANSFER in transfer.stderr
     # The base model with a synthetic benchmark and no data run.
@@ -133,7 +154,12 @@ def test_missing_data_is_one_line_exit_2(micro_base, micro_data, tmp_path):
 def test_judge_verdicts_are_cached_so_a_rerun_sends_no_request(micro_base, micro_data, client, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with FakeTeacher() as server:
-        cfg = micro("eval.limit=3", "eval.benchmarks=synthetic_forward", "eval.judge=judge-model", f"eval.judge_base_url={server.base_url}")
+        cfg = micro(
+            "eval.limit=3",
+            "eval.benchmarks=synthetic_forward",
+            "eval.judge=judge-model",
+            f"eval.judge_base_url={server.base_url}",
+        )
         cfg.eval.answer_marker_required = False  # the base model never writes the marker: let the judge read it all
         first = run_evaluate(cfg, data_run_id=micro_data)
         asked = len(server.requests)
@@ -157,7 +183,10 @@ def test_prompt_is_the_training_prompt_and_the_answer_marker_survives_decoding(m
 
     cfg = micro("eval.max_new_tokens=4")
     record = synthetic.make_world(cfg.synthetic, cfg.data.seed).records("test", "forward")[0]
-    benchmarks.write_docs([benchmarks._doc(record.id, record.question, record.gold, "integer", cfg.eval)], tmp_path / "synthetic_forward.jsonl")
+    benchmarks.write_docs(
+        [benchmarks._doc(record.id, record.question, record.gold, "integer", cfg.eval)],
+        tmp_path / "synthetic_forward.jsonl",
+    )
     lm = build_lm(cfg, resolve_base_model(cfg), None)
     sample = run_lm_eval(cfg, lm, ["synthetic_forward"], tmp_path)["samples"]["synthetic_forward"][0]
     # lm-eval's chat-templated context is the prompt SFT trained on, ending in the think marker.

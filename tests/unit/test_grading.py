@@ -32,7 +32,12 @@ def test_math_equivalent_forms_are_correct(gold, attempt):
 
 @pytest.mark.parametrize(
     "gold, attempt",
-    [("(1,3]", "\\boxed{[1,3]}"), ("3", "\\boxed{x=4}"), ("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}"), ("2", "\\boxed{-2}")],
+    [
+        ("(1,3]", "\\boxed{[1,3]}"),
+        ("3", "\\boxed{x=4}"),
+        ("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}"),
+        ("2", "\\boxed{-2}"),
+    ],
 )
 def test_math_different_answers_are_wrong(gold, attempt):
     graded = grade(MATH, respond(attempt), gold)
@@ -46,7 +51,9 @@ def test_last_box_of_the_attempt_counts_not_the_thinking():
     assert not grade(INTEGER, respond("\\boxed{9}"), "4").correct
 
 
-@pytest.mark.parametrize("gold, attempt", [("33", "\\boxed{033}"), ("033", "\\boxed{33}"), ("7", "\\boxed{007}"), ("204", "Answer: $204$")])
+@pytest.mark.parametrize(
+    "gold, attempt", [("33", "\\boxed{033}"), ("033", "\\boxed{33}"), ("7", "\\boxed{007}"), ("204", "Answer: $204$")]
+)
 def test_aime_compares_integer_values(gold, attempt):
     assert grade(INTEGER, respond(attempt), gold).correct
 
@@ -59,7 +66,9 @@ def test_aime_non_integer_answer_is_wrong_not_unparsed():
 CHOICES = ["Helium", "Neon", "Argon", "Krypton"]
 
 
-@pytest.mark.parametrize("attempt", ["Answer: C", "\\boxed{C}", "\\boxed{(C)}", "Answer: (C) Argon", "\\boxed{\\text{C}}"])
+@pytest.mark.parametrize(
+    "attempt", ["Answer: C", "\\boxed{C}", "\\boxed{(C)}", "Answer: (C) Argon", "\\boxed{\\text{C}}"]
+)
 def test_gpqa_letter(attempt):
     graded = grade(CHOICE, respond(attempt), "C", CHOICES)
     assert (graded.extracted, graded.correct) == ("C", True)
