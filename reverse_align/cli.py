@@ -109,6 +109,21 @@ STAGES: dict[str, Stage] = {
             Param("run_id", "finished sft or dpo run: score its logged checkpoints instead"),
         ),
     ),
+    "evaluate": Stage(
+        "reverse_align.eval.stage:run_evaluate",
+        "benchmarks (AIME24, MATH500, GPQA, synthetic) through lm-eval, with 95% intervals",
+        (
+            PRESET,
+            Param("run_id", "finished sft or dpo run whose adapter is scored (empty: the base model)"),
+            Param("data_run_id", "data or invert run with the synthetic held-out sets (default: the run's own)"),
+            Param("benchmarks", "comma-separated: aime24, math500, gpqa, synthetic_forward, ...", config="eval.benchmarks"),
+            Param("judge", "math-verify (offline) or a model on an OpenAI-compatible endpoint", config="eval.judge"),
+            Param("base_url", "the judge's OpenAI-compatible endpoint", config="eval.judge_base_url"),
+            Param("limit", "first N questions of each benchmark (0 = all)", config="eval.limit"),
+            Param("samples", "answers per question (1 = greedy)", config="eval.samples"),
+            Param("api_key", "judge API key (default: OPENAI_API_KEY)"),
+        ),
+    ),
 }
 
 

@@ -244,12 +244,42 @@ class ProbeConfig:
 
 @dataclass
 class EvalConfig:
-    # PROTOCOL §5: AIME24-nofigures, MATH500, GPQA diamond; greedy decoding.
+    # PROTOCOL §5: AIME24-nofigures, MATH500, GPQA diamond (aime24, math500, gpqa); tiny world:
+    # synthetic_forward, synthetic_reverse, synthetic_transfer (held-out sets of the data run).
     benchmarks: list[str] = field(default_factory=lambda: ["aime24", "math500", "gpqa"])
+    # New tokens per answer (§4: 32,768, greedy). A response that never reaches the answer marker is wrong.
     max_new_tokens: int = 32768
-    # "math-verify" or an OpenAI model name used as the answer judge (§4.1: gpt-4o-mini).
-    judge: str = "gpt-4o-mini"
+    # Longest prompt in tokens: the model's context is max_prompt_tokens + max_new_tokens.
+    max_prompt_tokens: int = 4096
+    # "math-verify" (offline rules: reverse_align/eval/grading.py) or a model on an OpenAI-compatible
+    # endpoint that judges each answer (§4.1: gpt-4o-mini); verdicts are cached on disk.
+    judge: str = "math-verify"
+    # The judge's endpoint; empty = OPENAI_BASE_URL or the client default.
+    judge_base_url: str = ""
+    # First N questions of each benchmark (0 = all).
     limit: int = 0
+    # Answers per question. 1 = greedy decoding, the paper's row (§4); n > 1 samples with temperature
+    # and top_p below and reports pass@1 averaged over the n (open-r1/lighteval: 64 AIME, 4 MATH500,
+    # 8 GPQA at 0.6 / 0.95).
+    samples: int = 1
+    temperature: float = 0.6
+    top_p: float = 0.95
+    # Prompts generated together (HF backend).
+    batch_size: int = 16
+    # "hf" (transformers + the PEFT adapter; CPU or GPU) or "vllm" (GPUs: the adapter merged into the base first).
+    backend: str = "hf"
+    # Where each benchmark's questions come from: the HF dataset id of PROTOCOL §5, or a local
+    # .jsonl/.parquet file with that dataset's field names. Nothing is fetched when the hub is offline.
+    aime24_source: str = "simplescaling/aime24_nofigures"
+    math500_source: str = "HuggingFaceH4/MATH-500"
+    gpqa_source: str = "Idavidrein/gpqa"  # config gpqa_diamond (gated: needs an HF token)
+    # GPQA lists the correct answer first; each question's options are shuffled with this seed.
+    gpqa_shuffle_seed: int = 0
+    # s1 format: the answer is read only after <|im_start|>answer. false: a response without the marker
+    # is read whole (a model never trained on the format, e.g. an instruct model without SFT).
+    answer_marker_required: bool = True
+    # Bootstrap resamples of the questions for the 95% interval when samples > 1.
+    bootstrap_resamples: int = 2000
 
 
 @dataclass

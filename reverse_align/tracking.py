@@ -138,6 +138,31 @@ ALP_PHASES = ("sft", "dpo")
 ALP_KINDS = ("pos", "neg", "margin")
 ALP_TESTS = ("forward", "reverse", "mixed")
 
+# evaluate: per benchmark, the 95% interval of the accuracy (Wilson for one answer per question,
+# bootstrap over questions for n), answers with nothing readable (unparsed, incl. truncated: no
+# answer marker), those cut off inside the thinking, and the questions / answers scored.
+EVAL_CI_SIDES = ("ci_low", "ci_high")
+EVAL_COUNTS = ("unparsed", "truncated", "questions", "answers")
+
+
+def metric_eval(benchmark: str, name: str) -> str:
+    """``eval/<benchmark>/<name>``: name in EVAL_CI_SIDES, EVAL_COUNTS or ``accuracy_rules`` (judged runs)."""
+    return f"eval/{benchmark}/{name}"
+
+
+# evaluate: held-out sets of a data run per synthetic benchmark; per-sample tables
+# (eval/samples/<benchmark>.json: id, sample, response, extracted, gold, correct, status), lm-eval's results JSON.
+SYNTHETIC_TEST_ARTIFACTS = {
+    "synthetic_forward": ARTIFACT_TEST_FORWARD,
+    "synthetic_reverse": ARTIFACT_TEST_REVERSE,
+    "synthetic_transfer": ARTIFACT_TEST_TRANSFER,
+}
+ARTIFACT_EVAL_SAMPLES = "eval/samples"
+ARTIFACT_EVAL_RESULTS = "eval/lm_eval_results.json"
+# evaluate params beyond the config: sha256 (12 hex) of each shipped task file and of the questions scored.
+PARAM_EVAL_TASK_SHA = "eval.task_sha"
+PARAM_EVAL_DATA_SHA = "eval.data_sha"
+
 
 def metric_alp(phase: str, kind: str, test: str) -> str:
     """``alp/<sft|dpo>/<pos|neg|margin>/<forward|reverse|mixed>``."""

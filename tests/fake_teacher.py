@@ -15,6 +15,8 @@ Behaviours are scripted per item and step (``script``), or for every request
 New Question/New Answer markers), ``same_question``, ``no_boxed``,
 ``truncated`` (finish_reason length), ``long_reasoning`` (a correct solution whose
 reasoning is the usual one repeated 100 times), ``bad_json`` (a 200 that is not JSON).
+It also plays an answer judge (reverse_align/eval/judge.py's prompt): "Yes" when
+the reference answer appears in the judged response, else "No".
 
 Every request is recorded (item, step, behaviour, times, whether the full
 response was written), so tests can count what was asked twice.
@@ -41,6 +43,9 @@ from reverse_align.data import synthetic  # noqa: E402
 
 REVERSE = "reverse"
 SOLUTION = "solution"
+# A judge request (reverse_align/eval/judge.py): "Yes" when the reference answer appears in the response.
+JUDGE = "judge"
+JUDGE_OPENING = "You are grading an answer"
 
 
 @dataclass
@@ -168,6 +173,12 @@ class FakeTeacher:
         return f"The starting number is \\boxed{{{answer}}}.", reasoning, "stop"
 
 
+def judge_reply(prompt: str) -> str:
+    reference = prompt.split("Reference answer: ", 1)[1].split("\n", 1)[0].strip()
+    response = prompt.split("Response:\n", 1)[1].rsplit("\n\nDoes the response", 1)[0]
+    return "Yes" if reference and reference in response else "No"
+
+
 def item_key(question: str) -> str:
     """Both steps of one item map to its forward question."""
     try:
@@ -232,8 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, IndexError, TypeError):  # a client killed while sending
             self.close_connection = True
             return
-        step = REVERSE if "New Question" in prompt else SOLUTION
-        question = _prompt_question(prompt, step)
+        step = JUDGE if prompt.startswith(JUDGE_OPENING) else REVERSE if "New Question" in prompt else SOLUTION
+        question = prompt if step == JUDGE else _prompt_question(prompt, step)
         item = item_key(question)
         behaviour = teacher._next_behaviour(item, step)
         record = Request(item, step, behaviour, time.time(), authorization=self.headers.get("Authorization", ""))
@@ -278,7 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == "bad_json":
             self._send_json(200, b"<html>upstream gateway hiccup</html>")
             return
-        content, reasoning, finish_reason = teacher.respond(step, question, behaviour)
+        if step == JUDGE:
+            content, reasoning, finish_reason = judge_reply(prompt), "", "stop"
+        else:
+            content, reasoning, finish_reason = teacher.respond(step, question, behaviour)
         message = {"role": "assistant", "content": content}
         if behaviour == "think":
             message["content"] = f"<think>\n{reasoning}\n</think>\n\n{content}"

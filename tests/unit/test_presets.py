@@ -77,3 +77,7 @@ def test_eval_section_5(preset):
     e = load_config(preset).eval
     assert e.benchmarks == ["aime24", "math500", "gpqa"]
     assert e.judge == "gpt-4o-mini"
+    assert (e.max_new_tokens, e.samples) == (32768, 1)  # greedy, 32,768 new tokens
+    assert (e.aime24_source, e.math500_source, e.gpqa_source) == (
+        "simplescaling/aime24_nofigures", "HuggingFaceH4/MATH-500", "Idavidrein/gpqa",
+    )

@@ -1,0 +1,173 @@
+"""The `evaluate` stage: benchmarks of PROTOCOL §5 (and the tiny world's) on an adapter run or the base model.
+
+``--run_id`` an sft or dpo run (its ``adapter/`` on the preset's base model;
+empty: the base model alone). Synthetic benchmarks read the held-out sets of
+``--data_run_id`` (a data or invert run), by default the invert run the
+evaluated run was trained on (its ``reverse_align.upstream.invert`` tag).
+
+lm-eval's ``simple_evaluate`` runs the tasks shipped in eval/tasks/ (registered
+with ``TaskManager(include_path=...)``, lm-eval's own tasks not loaded), with
+the chat template, the s1 think marker opening the answer, and the preset's
+generation settings: greedy with ``eval.max_new_tokens`` (§4), or
+``eval.samples`` answers per question at ``eval.temperature``/``eval.top_p``
+(pass@1 averaged over them). Generation is batched (``eval.batch_size``) with
+lm-eval's progress bar. Answers are graded offline (eval/grading.py) or by a
+judge model (``--judge``, eval/judge.py, cached).
+
+Logs ``eval/<benchmark>/{accuracy,ci_low,ci_high,unparsed,truncated,questions,answers}``
+and ``eval/average``; ``eval/samples/<benchmark>.json`` (per-sample table) and
+``eval/lm_eval_results.json``; params: the eval config, ``eval.task_sha.<benchmark>``
+(shipped task files) and ``eval.data_sha.<benchmark>`` (the questions scored);
+tags ``reverse_align.upstream.<sft|dpo>`` and ``.upstream.<invert|data>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from reverse_align import tracking
+from reverse_align.config import Config
+from reverse_align.errors import UserError
+from reverse_align.eval import benchmarks as bench
+from reverse_align.eval import results
+from reverse_align.eval.judge import OFFLINE, Judge
+
+STAGE = "evaluate"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TEMPLATE = "_default_template_yaml"
+
+
+def check_eval_config(cfg: Config) -> None:
+    e = cfg.eval
+    if e.samples < 1:
+        raise UserError(f"eval.samples must be >= 1, got {e.samples}")
+    if e.max_new_tokens < 1 or e.batch_size < 1:
+        raise UserError(f"eval.max_new_tokens ({e.max_new_tokens}) and eval.batch_size ({e.batch_size}) must be >= 1")
+    if e.samples > 1 and not (e.temperature > 0 and 0 < e.top_p <= 1):
+        raise UserError(f"eval.samples {e.samples} needs eval.temperature > 0 and 0 < eval.top_p <= 1")
+
+
+def check_same_base(cfg: Config, run) -> None:
+    """An adapter means its model only on the base it was trained on."""
+    keys = ["model.name"] + (["pretrain.registered_model"] if cfg.model.name == "tiny-base" else [])
+    ours = cfg.flat()
+    for key in keys:
+        theirs = run.data.params.get(key)
+        if theirs is not None and theirs != str(ours[key]):
+            raise UserError(
+                f"--run_id {run.info.run_id}: trained with {key}={theirs}, this preset ({cfg.preset}) has "
+                f"{key}={ours[key]}; pass --preset {run.data.tags.get(tracking.TAG_PRESET, '?')}"
+            )
+
+
+def task_sha(name: str) -> str:
+    """What the task's behaviour depends on in the package: its YAML, the shared template, the hooks."""
+    digest = hashlib.sha256()
+    for path in (TASKS_DIR / f"{name}.yaml", TASKS_DIR / TEMPLATE, TASKS_DIR / "hooks.py"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def generation_kwargs(cfg: Config) -> dict:
+    e = cfg.eval
+    if e.samples > 1:
+        return {"max_gen_toks": e.max_new_tokens, "do_sample": True, "temperature": e.temperature, "top_p": e.top_p}
+    return {"max_gen_toks": e.max_new_tokens, "do_sample": False}
+
+
+def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path) -> dict:
+    """lm-eval's simple_evaluate over the shipped tasks; returns its results with the samples."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"docs_dir": str(docs_dir)})
+    tasks = manager.load(names)["tasks"]
+    for task in tasks.values():
+        task.set_config(key="repeats", value=cfg.eval.samples)
+    return simple_evaluate(
+        model=lm,
+        tasks=[tasks[n] for n in names],
+        task_manager=manager,
+        apply_chat_template=True,
+        gen_kwargs=generation_kwargs(cfg),
+        log_samples=True,
+        bootstrap_iters=0,  # intervals are ours (eval/intervals.py), per question
+        random_seed=cfg.data.seed,
+        numpy_random_seed=cfg.data.seed,
+        torch_random_seed=cfg.data.seed,
+    )
+
+
+def _data_run(evaluated, data_run_id: str, names: list[str]) -> str:
+    if data_run_id:
+        tracking.require_run(data_run_id, ("data", "invert"), "data_run_id")
+        return data_run_id
+    if evaluated is not None and any(bench.BENCHMARKS[n].synthetic for n in names):
+        return evaluated.data.tags.get(tracking.tag_upstream("invert"), "")
+    return ""
+
+
+def _base_run_id(cfg: Config) -> str:
+    from reverse_align.models import TINY_BASE, find_tiny_base
+
+    version = find_tiny_base(cfg) if cfg.model.name == TINY_BASE else None
+    return version.run_id if version else ""
+
+
+def run_evaluate(cfg: Config, run_id: str = "", data_run_id: str = "", api_key: str = "") -> str:
+    tracking.setup()
+    names = bench.check_benchmarks(cfg.eval.benchmarks)
+    check_eval_config(cfg)
+    evaluated = tracking.require_run(run_id, ("sft", "dpo"), "run_id") if run_id else None
+    if evaluated is not None:
+        check_same_base(cfg, evaluated)
+    data_run_id = _data_run(evaluated, data_run_id, names)
+    judge = None if cfg.eval.judge in ("", OFFLINE) else Judge(cfg.eval.judge, cfg.eval.judge_base_url, api_key)
+    # Every benchmark's questions are read before any run or model exists: missing data is one line.
+    docs = {name: bench.load_docs(name, cfg.eval, data_run_id) for name in names}
+    with tempfile.TemporaryDirectory(prefix="reverse-align-eval-") as tmp:
+        return _evaluate(cfg, names, docs, evaluated, run_id, data_run_id, judge, Path(tmp))
+
+
+def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str, judge, docs_dir: Path) -> str:
+    import mlflow
+
+    from reverse_align.eval.lm import build_lm
+    from reverse_align.models import resolve_base_model
+
+    params = {"eval.run_id": run_id or "base", "eval.data_run_id": data_run_id}
+    for name in names:
+        params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"] = task_sha(name)
+        params[f"{tracking.PARAM_EVAL_DATA_SHA}.{name}"] = bench.write_docs(docs[name], docs_dir / f"{name}.jsonl")
+    upstream = {"pretrain": "" if evaluated else _base_run_id(cfg)}
+    if evaluated is not None:
+        upstream[evaluated.data.tags[tracking.TAG_STAGE]] = run_id
+    if data_run_id:
+        data_stage = mlflow.MlflowClient().get_run(data_run_id).data.tags.get(tracking.TAG_STAGE, "data")
+        upstream[data_stage] = data_run_id
+    with tracking.stage_run(STAGE, cfg, upstream=upstream, params=params) as run:
+        base_path = resolve_base_model(cfg)
+        adapter_dir = (
+            tracking.download_artifact(run_id, tracking.ARTIFACT_ADAPTER, str(docs_dir / "adapter")) if run_id else None
+        )
+        lm = build_lm(cfg, base_path, adapter_dir)
+        output = run_lm_eval(cfg, lm, names, docs_dir)
+        rows, metrics = {}, {}
+        for name in names:
+            rows[name] = results.sample_rows(name, output["samples"][name])
+            if judge is not None:
+                results.apply_judge(judge, rows[name], {d["id"]: d for d in docs[name]})
+            metrics.update(
+                results.benchmark_metrics(
+                    name, rows[name], cfg.eval.samples, cfg.eval.bootstrap_resamples, judge is not None
+                )
+            )
+        metrics[tracking.METRIC_EVAL_AVERAGE] = results.average(metrics, names)
+        results.log(output, rows, metrics)
+        what = f"{evaluated.data.tags[tracking.TAG_STAGE]} run {run_id}" if evaluated else "the base model"
+        print(f"evaluate run {run.info.run_id}: {what}\n{results.summary_table(metrics, names)}")
+        if judge is not None:
+            print(f"judge {judge.model}: {judge.requests} requests sent (the rest from its cache)")
+        return run.info.run_id

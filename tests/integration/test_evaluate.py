@@ -1,0 +1,195 @@
+"""`evaluate` end to end on the micro model: synthetic sets of a run, local AIME/MATH/GPQA files, the judge.
+
+The micro model's answers are mostly wrong; these tests pin the pipeline: what is
+asked, how many answers are graded, the metric and artifact names, the lineage,
+one-line failures, and that a judged rerun sends no request.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+from fake_teacher import FakeTeacher
+
+from reverse_align import tracking
+from reverse_align.config import load_config
+from reverse_align.eval.benchmarks import GPQA_OPTIONS
+from reverse_align.eval.stage import run_evaluate
+
+SYNTHETIC = ["synthetic_forward", "synthetic_reverse"]
+
+
+def micro(*overrides: str):
+    return load_config("micro", ["eval.max_new_tokens=24", "eval.batch_size=8", *overrides])
+
+
+def artifact_json(client, run_id: str, path: str):
+    with open(client.download_artifacts(run_id, path)) as fh:
+        return json.load(fh)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local_sources(tmp_path_factory):
+    """Three rows of each dataset with its real field names (aime24_nofigures, MATH-500, GPQA diamond)."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    aime = [
+        {"id": f"2024-I-{i}", "problem": f"Find {i} + 1.", "solution": "...", "answer": f"{i + 1:03d}", "url": ""}
+        for i in range(3)
+    ]
+    math = [
+        {"problem": "What is 1/2 as a decimal?", "solution": "...", "answer": "0.5", "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"},
+        {"problem": "Solve x - 3 = 0.", "solution": "...", "answer": "3", "subject": "Algebra", "level": 1, "unique_id": "test/algebra/2.json"},
+        {"problem": "Write (1,3] as an interval.", "solution": "...", "answer": "(1,3]", "subject": "Algebra", "level": 2, "unique_id": "test/algebra/3.json"},
+    ]  # fmt: skip
+    gpqa = [
+        {"Question": f"Which noble gas is number {i}?", "Correct Answer": "Argon", "Incorrect Answer 1": "Neon",
+         "Incorrect Answer 2": "Helium", "Incorrect Answer 3": "Krypton", "Record ID": f"rec{i}", "Subdomain": "Chemistry"}
+        for i in range(3)
+    ]  # fmt: skip
+    return {
+        "aime24": write_jsonl(root / "aime24_nofigures.jsonl", aime),
+        "math500": write_jsonl(root / "math500.jsonl", math),
+        "gpqa": write_jsonl(root / "gpqa_diamond.jsonl", gpqa),
+    }
+
+
+def test_synthetic_benchmarks_on_an_sft_run(micro_sft, micro_invert, client):
+    run_id = run_evaluate(micro("eval.limit=5", f"eval.benchmarks={','.join(SYNTHETIC)}"), run_id=micro_sft)
+    run = client.get_run(run_id)
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert tags[tracking.TAG_STAGE] == "evaluate" and run.info.status == "FINISHED"
+    assert tags[tracking.tag_upstream("sft")] == micro_sft
+    assert tags[tracking.tag_upstream("invert")] == micro_invert  # found through the SFT run's own tag
+    for name in SYNTHETIC:
+        acc = metrics[tracking.metric_eval_accuracy(name)]
+        assert metrics[tracking.metric_eval(name, "questions")] == 5 == metrics[tracking.metric_eval(name, "answers")]
+        assert (
+            0.0
+            <= metrics[tracking.metric_eval(name, "ci_low")]
+            <= acc
+            <= metrics[tracking.metric_eval(name, "ci_high")]
+            <= 1.0
+        )
+        assert metrics[tracking.metric_eval(name, "ci_high")] > metrics[tracking.metric_eval(name, "ci_low")]
+        assert len(params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"]) == 12
+        table = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/{name}.json")
+        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        assert len(rows) == 5 and {"id", "response", "extracted", "gold", "correct", "status"} <= set(rows[0])
+        assert acc == pytest.approx(sum(r["correct"] for r in rows) / 5)
+        assert metrics[tracking.metric_eval(name, "unparsed")] == sum(r["status"] != "ok" for r in rows)
+    average = sum(metrics[tracking.metric_eval_accuracy(n)] for n in SYNTHETIC) / 2
+    assert metrics[tracking.METRIC_EVAL_AVERAGE] == pytest.approx(average)
+    lm_eval_results = artifact_json(client, run_id, tracking.ARTIFACT_EVAL_RESULTS)
+    # lm-eval's own aggregate (same grading, through the shipped task's process_results) agrees with ours.
+    for name in SYNTHETIC:
+        assert lm_eval_results["results"][name]["accuracy,all"] == pytest.approx(
+            metrics[tracking.metric_eval_accuracy(name)]
+        )
+
+
+def test_aime_math_gpqa_end_to_end_on_local_files(micro_base, local_sources, client):
+    cfg = micro(
+        "eval.benchmarks=aime24,math500,gpqa", "eval.limit=2", "eval.samples=2", "eval.temperature=1.0",
+        *(f"eval.{name}_source={path}" for name, path in local_sources.items()),
+    )  # fmt: skip
+    run_id = run_evaluate(cfg)  # the base model: no adapter
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
+    for name in ("aime24", "math500", "gpqa"):
+        assert metrics[tracking.metric_eval(name, "questions")] == 2
+        assert metrics[tracking.metric_eval(name, "answers")] == 4  # two samples per question
+        assert tracking.metric_eval(name, "ci_low") in metrics
+    gpqa = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/gpqa.json")
+    golds = {row[gpqa["columns"].index("gold")] for row in gpqa["data"]}
+    assert golds <= set("ABCD")
+    aime = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/aime24.json")
+    assert {row[aime["columns"].index("gold")] for row in aime["data"]} == {"001", "002"}
+    assert run.data.tags.get(tracking.tag_upstream("pretrain")) == micro_base
+
+
+def test_gpqa_shuffle_is_fixed_by_seed_and_moves_the_answer():
+    from reverse_align.eval.benchmarks import gpqa_doc
+
+    cfg = load_config("micro").eval
+    row = {"Question": "Q", **{f: f for f in GPQA_OPTIONS}}
+    golds = {gpqa_doc(0, {**row, "Record ID": f"r{i}"}, cfg)["gold"] for i in range(20)}
+    assert len(golds) > 1  # the correct answer is not always first
+    assert gpqa_doc(0, {**row, "Record ID": "r1"}, cfg) == gpqa_doc(5, {**row, "Record ID": "r1"}, cfg)
+
+
+def test_missing_data_is_one_line_exit_2(micro_base, micro_data, tmp_path):
+    missing = run_cli(
+        "evaluate",
+        "--preset",
+        "micro",
+        "--benchmarks",
+        "math500",
+        "--set",
+        f"eval.math500_source={tmp_path}/nope.jsonl",
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "nope.jsonl: file not found" in missing.stderr
+    # The default HF id with the hub offline (tests set HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1).
+    offline = run_cli("evaluate", "--preset", "micro", "--benchmarks", "aime24")
+    assert offline.returncode == 2 and offline.stderr.strip().count("\n") == 0, offline.stderr
+    assert "simplescaling/aime24_nofigures" in offline.stderr and "hub" in offline.stderr
+    # A data run without the transfer set.
+    transfer = run_cli(
+        "evaluate", "--preset", "micro", "--benchmarks", "synthetic_transfer", "--data_run_id", micro_data
+    )
+    assert transfer.returncode == 2 and transfer.stderr.strip().count("\n") == 0
+    assert "synthetic_transfer" in transfer.stderr and tracking.ARTIFACT_TEST_TRANSFER in transfer.stderr
+    # The base model with a synthetic benchmark and no data run.
+    no_data = run_cli("evaluate", "--preset", "micro", "--benchmarks", "synthetic_forward")
+    assert no_data.returncode == 2 and "--data_run_id" in no_data.stderr
+
+
+def test_judge_verdicts_are_cached_so_a_rerun_sends_no_request(micro_base, micro_data, client, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeTeacher() as server:
+        cfg = micro(
+            "eval.limit=3",
+            "eval.benchmarks=synthetic_forward",
+            "eval.judge=judge-model",
+            f"eval.judge_base_url={server.base_url}",
+        )
+        cfg.eval.answer_marker_required = False  # the base model never writes the marker: let the judge read it all
+        first = run_evaluate(cfg, data_run_id=micro_data)
+        asked = len(server.requests)
+        assert asked == 3  # one verdict per answer
+        second = run_evaluate(cfg, data_run_id=micro_data)
+        assert len(server.requests) == asked  # every verdict came from the cache
+    for run_id in (first, second):
+        metrics = client.get_run(run_id).data.metrics
+        assert tracking.metric_eval("synthetic_forward", "accuracy_rules") in metrics
+    assert client.get_run(first).data.metrics == client.get_run(second).data.metrics
+
+
+def test_prompt_is_the_training_prompt_and_the_answer_marker_survives_decoding(micro_base, tmp_path):
+    from reverse_align.data import synthetic
+    from reverse_align.eval import benchmarks
+    from reverse_align.eval.generation import generation_prompt
+    from reverse_align.eval.grading import ANSWER_MARKER
+    from reverse_align.eval.lm import build_lm
+    from reverse_align.eval.stage import run_lm_eval
+    from reverse_align.models import resolve_base_model
+
+    cfg = micro("eval.max_new_tokens=4")
+    record = synthetic.make_world(cfg.synthetic, cfg.data.seed).records("test", "forward")[0]
+    benchmarks.write_docs(
+        [benchmarks._doc(record.id, record.question, record.gold, "integer", cfg.eval)],
+        tmp_path / "synthetic_forward.jsonl",
+    )
+    lm = build_lm(cfg, resolve_base_model(cfg), None)
+    sample = run_lm_eval(cfg, lm, ["synthetic_forward"], tmp_path)["samples"]["synthetic_forward"][0]
+    # lm-eval's chat-templated context is the prompt SFT trained on, ending in the think marker.
+    assert sample["arguments"][0][0] == generation_prompt(lm.tokenizer, record.question)
+    ids = lm.tokenizer("so 5\n" + ANSWER_MARKER + "\n\\boxed{5}", add_special_tokens=False)["input_ids"]
+    assert ANSWER_MARKER in lm.tok_decode(ids)  # HFLM's default decoding would drop <|im_start|>
