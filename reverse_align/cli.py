@@ -99,6 +99,21 @@ STAGES: dict[str, Stage] = {
             Param("run_id", "resume this dpo run"),
         ),
     ),
+    "promote": Stage(
+        "reverse_align.registry:run_promote",
+        "register the best adapter run and move the champion alias if it wins",
+        (
+            Param("experiment", "experiment to search (default: MLFLOW_EXPERIMENT_NAME or reverse-align)"),
+            Param("metric", "higher is better; runs without it are not candidates", default="eval/average"),
+            Param("model_name", "registered model name", default="reverse-align-adapter"),
+            Param("alias", "alias moved to the new version when it beats the holder", default="champion"),
+            Param("force", "move the alias even when the new version does not beat the holder", default="false"),
+            Param("stage", "sft, dpo or sft,dpo (default: both)"),
+            Param("preset", "only runs of this preset (default: any)"),
+            Param("where", "extra MLflow search filter, e.g. \"params.`sft.mix` = 'mixed'\""),
+            Param("run_id", "promote this run instead of searching"),
+        ),
+    ),
 }
 
 
@@ -128,7 +143,9 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
     stage = STAGES[stage_name]
     args = vars(make_parser(stage_name).parse_args(argv))
     overrides = [item for chunk in args.pop("overrides") for item in chunk.split()]
-    cfg = load_config(args.pop("preset", "tiny") or "tiny", overrides)
+    # --preset names the config to load, except where a stage declares its own --preset (promote: a filter).
+    preset = args.pop("preset", "") if PRESET in stage.params else ""
+    cfg = load_config(preset or "tiny", overrides)
     kwargs = {}
     for param in stage.params:
         if param.name not in args:

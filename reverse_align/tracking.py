@@ -63,6 +63,15 @@ ARTIFACT_RESUME = "resume"
 # sft: which records went into the mix, in training order (counts per direction, pair ids).
 ARTIFACT_MIX = "mix/composition.json"
 
+# Model Registry (promote): adapters under one name, the best one under an alias.
+MODEL_ADAPTER = "reverse-align-adapter"
+ALIAS_CHAMPION = "champion"
+# Lineage tags on a registered adapter version (besides stage, preset, upstream.*, sft.mix, dpo.beta).
+TAG_SOURCE_RUN = "reverse_align.source_run"
+TAG_BASE_MODEL = "reverse_align.base_model"
+TAG_METRIC = "reverse_align.metric"
+TAG_METRIC_VALUE = "reverse_align.metric_value"
+
 # Metrics
 METRIC_INVERT_REQUESTED = "invert/requested"
 METRIC_INVERT_ACCEPTED = "invert/accepted"
