@@ -99,6 +99,23 @@ STAGES: dict[str, Stage] = {
             Param("run_id", "resume this dpo run"),
         ),
     ),
+    "sweep": Stage(
+        "reverse_align.sweep:run_sweep",
+        "Optuna sweep of DPO beta, each trial a dpo run (same command again: resume)",
+        (
+            PRESET,
+            Param("sft_run_id", "finished sft run (empty: direct DPO from the base model)"),
+            Param("data_run_id", "finished invert run"),
+            Param("beta_low", "lowest beta", config="sweep.beta_low"),
+            Param("beta_high", "highest beta", config="sweep.beta_high"),
+            Param("n_trials", "completed trials to reach (0: the whole grid)", config="sweep.n_trials"),
+            Param("objective", "eval_average or exact_match", config="sweep.objective"),
+            Param("storage", "Optuna storage: RDB URL or journal:PATH (empty: optuna.db beside mlflow.db)", config="sweep.storage"),
+            Param("workers", "worker processes on this study", config="sweep.workers"),
+            Param("sampler", "grid, tpe or tpe_log", config="sweep.sampler"),
+            Param("max_steps", "DPO optimizer steps of each trial", config="dpo.max_steps"),
+        ),
+    ),
     "promote": Stage(
         "reverse_align.registry:run_promote",
         "register the best adapter run and move the champion alias if it wins",
