@@ -235,6 +235,36 @@ def checkpoint_reporter(cfg: Config, trial, data_run_id: str):
     return ReportCheckpoints()
 
 
+def trial_run_recorder(trial):
+    """A TrainerCallback that records the dpo run id on the trial as training starts (a killed trial keeps it)."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class RecordRun(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if mlflow.active_run() is not None:
+                trial.set_user_attr("dpo_run_id", mlflow.active_run().info.run_id)
+
+    return RecordRun()
+
+
+def close_failed_trial_runs(study) -> None:
+    """The dpo run of a trial failed as stale (its worker was killed) still shows RUNNING: end it FAILED."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("dpo_run_id")
+        if not run_id:
+            continue
+        run = client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            message = f"sweep trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} stopped"
+            client.set_tag(run_id, tracking.TAG_ERROR, message)
+            client.set_terminated(run_id, "FAILED")
+
+
 def make_objective(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: str, name: str):
     from reverse_align.train.dpo import run_dpo
 
@@ -251,8 +281,9 @@ def make_objective(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: st
         try:
             print(f"[sweep] trial {trial.number}: beta {beta:g}")
             dpo_run_id = run_dpo(
-                trial_cfg, sft_run_id=sft_run_id, data_run_id=data_run_id, callbacks=[reporter] if reporter else []
-            )
+                trial_cfg, sft_run_id=sft_run_id, data_run_id=data_run_id,
+                callbacks=[trial_run_recorder(trial), *([reporter] if reporter else [])],
+            )  # fmt: skip
         finally:
             os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
             _tag_trial_run(trial, name, before)
@@ -317,6 +348,7 @@ def work(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: str, name: s
     while True:
         fail_stale_trials(study)  # RDB: heartbeat older than grace_period -> FAIL (+ retry callback)
         fail_dead_local_trials(study, cfg.sweep.max_retry)  # journal: RUNNING trials of dead pids on this host
+        close_failed_trial_runs(study)
         n = counts(study)
         if n["COMPLETE"] >= target or grid_exhausted(cfg, study):
             return

@@ -76,7 +76,7 @@ def open_storage(cfg: Config):
             engine_kwargs=engine_kwargs,
             heartbeat_interval=s.heartbeat_interval,
             grace_period=s.grace_period,
-            failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry) if s.max_retry else None,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry) if s.max_retry else None,
         )
     except Exception as exc:  # noqa: BLE001 - sqlalchemy and drivers raise many types
         raise UserError(f"--storage {_redact(spec)}: cannot open ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
