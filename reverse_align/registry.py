@@ -107,9 +107,7 @@ def lineage_tags(run, metric: str, value: float) -> dict[str, str]:
     if tags.get(tracking.TAG_STAGE) == "dpo":
         out["dpo.beta"] = params.get("dpo.beta", "")
         out["dpo.reference"] = params.get("dpo.reference", "")
-    for key, value in tags.items():
-        if key.startswith(tracking.TAG_UPSTREAM_PREFIX):
-            out[key] = value
+    out.update({k: v for k, v in tags.items() if k.startswith(tracking.TAG_UPSTREAM_PREFIX)})
     return {k: v for k, v in out.items() if v != ""}
 
 
@@ -222,7 +220,6 @@ def load_adapter(model_uri: str = f"models:/{tracking.MODEL_ADAPTER}@{tracking.A
     the hub id) and passed to mlflow as ``base_model_path``.
     """
     import mlflow
-
     import yaml
 
     from reverse_align import attention

@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -82,8 +83,8 @@ def check_sweep_config(cfg: Config) -> None:
 
 def beta_grid(cfg: Config) -> list[float]:
     s = cfg.sweep
-    n = int(round((s.beta_high - s.beta_low) / s.grid_step + 1e-9)) + 1
-    return [round(s.beta_low + i * s.grid_step, 10) for i in range(n) if s.beta_low + i * s.grid_step <= s.beta_high + 1e-9]
+    n = math.floor((s.beta_high - s.beta_low) / s.grid_step + 1e-9) + 1
+    return [round(s.beta_low + i * s.grid_step, 10) for i in range(n)]
 
 
 def target_trials(cfg: Config) -> int:
@@ -360,7 +361,7 @@ def work(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: str, name: s
             failures = 0
         except UserError:
             raise  # bad input fails every trial alike: stop (the trial is recorded FAILED)
-        except Exception as exc:  # noqa: BLE001 - optuna recorded the trial FAILED; the sweep goes on
+        except Exception as exc:
             failures += 1
             print(f"[sweep] trial failed ({type(exc).__name__}: {str(exc)[:300]}); {failures} in a row")
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -525,7 +526,7 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     client.set_terminated(parent_id, "FINISHED")
     after = counts(study)
     added = sum(after.values()) - sum(before.values())
-    best = f"best beta {summary['best_beta']:g} ({cfg.sweep.objective} {summary['best_value']:.4f}, dpo run {summary['best_run_id']})" if "best_beta" in summary else "no completed trial"  # noqa: E501
+    best = f"best beta {summary['best_beta']:g} ({cfg.sweep.objective} {summary['best_value']:.4f}, dpo run {summary['best_run_id']})" if "best_beta" in summary else "no completed trial"
     print(f"[sweep] {summary['complete']} completed of {summary['trials']} trials ({added} new); {best}; parent run {parent_id}")
     return parent_id
 

@@ -108,6 +108,7 @@ def _alive(pid: int) -> bool:
 
 def fail_dead_local_trials(study, max_retry: int) -> list[int]:
     """Storages without heartbeat: FAIL (and retry) RUNNING trials whose worker process on this host is gone."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.storages._heartbeat import is_heartbeat_enabled
     from optuna.trial import TrialState
@@ -122,10 +123,11 @@ def fail_dead_local_trials(study, max_retry: int) -> list[int]:
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         try:
-            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                failed.append(trial.number)
-        except Exception:  # noqa: BLE001 - another worker failed it first (UpdateFinishedTrialError)
-            continue
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        failed.append(trial.number)
         if max_retry:
             RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, study._storage.get_trial(trial._trial_id))
     return failed

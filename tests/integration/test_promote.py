@@ -14,11 +14,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import ROOT, SESSION_DIR, run_cli
 
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.registry import run_promote
-from conftest import ROOT, SESSION_DIR, run_cli
 
 METRIC = "eval/promote_test"
 

@@ -20,12 +20,12 @@ import time
 
 import optuna
 import pytest
+from conftest import ROOT, SESSION_DIR, run_cli
 
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.sweep import run_sweep, study_name
 from reverse_align.sweep_storage import default_url
-from conftest import ROOT, SESSION_DIR, run_cli
 
 FAST = [
     "dpo.max_steps=2", "dpo.save_every_steps=2", "dpo.per_device_batch_size=4",
@@ -77,7 +77,8 @@ def test_sweep_logs_best_trial_and_the_same_command_adds_no_trial(micro_sft, mic
     assert {t.user_attrs["dpo_run_id"] for t in study_trials} == set(values)
 
     table = tracking.download_artifact(parent_id, f"{tracking.ARTIFACT_SWEEP_DIR}/trials.csv", str(tmp_path))
-    rows = list(csv.DictReader(open(table)))
+    with open(table) as fh:
+        rows = list(csv.DictReader(fh))
     assert sorted(float(r["beta"]) for r in rows) == [0.1, 0.2, 0.3]
     figures = {a.path for a in client.list_artifacts(parent_id, tracking.ARTIFACT_FIGURES)}
     assert figures == {"figures/sweep_objective_vs_beta.png", "figures/sweep_history.png"}
