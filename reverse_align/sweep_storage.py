@@ -68,6 +68,7 @@ def open_storage(cfg: Config):
     if "://" not in spec:
         raise UserError(f"--storage {spec!r}: expected an RDB URL (postgresql://..., sqlite:///...) or journal:PATH")
     s = cfg.sweep
+    spec = _with_installed_driver(spec)
     # sqlite: wait for a writer of another worker instead of failing at once with "database is locked".
     engine_kwargs = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
     try:
@@ -80,6 +81,15 @@ def open_storage(cfg: Config):
         )
     except Exception as exc:  # noqa: BLE001 - sqlalchemy and drivers raise many types
         raise UserError(f"--storage {_redact(spec)}: cannot open ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 (a dependency) when psycopg is absent."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _redact(url: str) -> str:

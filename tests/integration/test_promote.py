@@ -24,10 +24,11 @@ METRIC = "eval/promote_test"
 
 
 @pytest.fixture(scope="module")
-def scored_runs(micro_sft, micro_invert, client):
+def scored_runs(micro_sft, micro_invert):
     """{"worse": sft run with METRIC 0.25, "better": dpo run with METRIC 0.5}."""
     from reverse_align.train.dpo import run_dpo
 
+    client = mlflow.MlflowClient(tracking.tracking_uri())
     cfg = load_config("micro", ["dpo.max_steps=2", "dpo.save_every_steps=0", "dpo.per_device_batch_size=4"])
     dpo_run = run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert)
     client.log_metric(micro_sft, METRIC, 0.25)
