@@ -124,6 +124,38 @@ STAGES: dict[str, Stage] = {
             Param("api_key", "judge API key (default: OPENAI_API_KEY)"),
         ),
     ),
+    "sweep": Stage(
+        "reverse_align.sweep:run_sweep",
+        "Optuna sweep of DPO beta, each trial a dpo run (same command again: resume)",
+        (
+            PRESET,
+            Param("sft_run_id", "finished sft run (empty: direct DPO from the base model)"),
+            Param("data_run_id", "finished invert run"),
+            Param("beta_low", "lowest beta", config="sweep.beta_low"),
+            Param("beta_high", "highest beta", config="sweep.beta_high"),
+            Param("n_trials", "completed trials to reach (0: the whole grid)", config="sweep.n_trials"),
+            Param("objective", "eval_average or exact_match", config="sweep.objective"),
+            Param("storage", "Optuna storage: RDB URL or journal:PATH (empty: optuna.db beside mlflow.db)", config="sweep.storage"),
+            Param("workers", "worker processes on this study", config="sweep.workers"),
+            Param("sampler", "grid, tpe or tpe_log", config="sweep.sampler"),
+            Param("max_steps", "DPO optimizer steps of each trial", config="dpo.max_steps"),
+        ),
+    ),
+    "promote": Stage(
+        "reverse_align.registry:run_promote",
+        "register the best adapter run and move the champion alias if it wins",
+        (
+            Param("experiment", "experiment to search (default: MLFLOW_EXPERIMENT_NAME or reverse-align)"),
+            Param("metric", "higher is better; runs without it are not candidates", default="eval/average"),
+            Param("model_name", "registered model name", default="reverse-align-adapter"),
+            Param("alias", "alias moved to the new version when it beats the holder", default="champion"),
+            Param("force", "move the alias even when the new version does not beat the holder", default="false"),
+            Param("stage", "sft, dpo or sft,dpo (default: both)"),
+            Param("preset", "only runs of this preset (default: any)"),
+            Param("where", "extra MLflow search filter, e.g. \"params.`sft.mix` = 'mixed'\""),
+            Param("run_id", "promote this run instead of searching"),
+        ),
+    ),
 }
 
 
@@ -154,7 +186,9 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
     stage = STAGES[stage_name]
     args = vars(make_parser(stage_name).parse_args(argv))
     overrides = [item for chunk in args.pop("overrides") for item in chunk.split()]
-    cfg = load_config(args.pop("preset", "tiny") or "tiny", overrides)
+    # --preset names the config to load, except where a stage declares its own --preset (promote: a filter).
+    preset = args.pop("preset", "") if PRESET in stage.params else ""
+    cfg = load_config(preset or "tiny", overrides)
     kwargs = {}
     for param in stage.params:
         if param.name not in args:

@@ -283,6 +283,43 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    # §4.2: "we swept beta from 0.1 to 0.8" and kept 0.6; the range of the `sweep` stage.
+    beta_low: float = 0.1
+    beta_high: float = 0.8
+    # "grid": every grid_step from beta_low to beta_high (the paper's 0.1 steps); "tpe": Optuna's TPE
+    # seeded with `seed`, linear scale; "tpe_log": TPE on a log scale.
+    sampler: str = "grid"
+    grid_step: float = 0.1
+    # COMPLETED trials to reach (failed and pruned trials do not count). 0 = every grid point
+    # (grid sampler); required > 0 for tpe.
+    n_trials: int = 0
+    # "eval_average": eval/average of the `evaluate` stage on eval.benchmarks (paper presets);
+    # "exact_match": mean greedy exact match on the invert run's held-out forward and reverse
+    # problems (tiny presets; see configs/tiny.yaml for why). Both are maximised.
+    objective: str = "eval_average"
+    # Held-out problems per direction scored by the exact_match objective (per checkpoint and at the end).
+    objective_limit: int = 50
+    # Optuna storage: empty = sqlite file optuna.db beside the MLflow sqlite store (else ./optuna.db);
+    # an RDB URL (postgresql://..., sqlite:///...); or journal:PATH (Optuna JournalFileBackend, no heartbeat).
+    storage: str = ""
+    # Worker processes on this machine sharing the study (more machines: the same command and storage URL).
+    workers: int = 1
+    # Seed of the sampler (grid order, TPE).
+    seed: int = 0
+    # "median": a trial whose objective at a DPO checkpoint is below the median of earlier trials at
+    # that step is pruned; "none": never.
+    pruner: str = "median"
+    # Trials completed before the median pruner may prune.
+    pruner_startup_trials: int = 3
+    # RDB storages: a running trial's worker writes a heartbeat every heartbeat_interval seconds; a trial
+    # whose last heartbeat is older than grace_period is failed (and retried max_retry times, same beta).
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retry: int = 1
+
+
+@dataclass
 class Config:
     preset: str = DEFAULT_PRESET
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -295,6 +332,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def flat(self) -> dict[str, Any]:
         """``section.field -> value`` for every field, for MLflow params."""

@@ -72,6 +72,35 @@ ARTIFACT_MIX = "mix/composition.json"
 ARTIFACT_ALP_ITEMS = "alp/items.json"
 ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
 
+# Model Registry (promote): adapters under one name, the best one under an alias.
+MODEL_ADAPTER = "reverse-align-adapter"
+ALIAS_CHAMPION = "champion"
+# Lineage tags on a registered adapter version (besides stage, preset, upstream.*, sft.mix, dpo.beta).
+TAG_SOURCE_RUN = "reverse_align.source_run"
+TAG_BASE_MODEL = "reverse_align.base_model"
+TAG_METRIC = "reverse_align.metric"
+TAG_METRIC_VALUE = "reverse_align.metric_value"
+
+# sweep: the study's parent run holds the best trial, the trials table and figures; each trial's dpo run
+# is its child, tagged with the study and trial number, and holds the objective (per checkpoint and final).
+TAG_SWEEP_STUDY = "reverse_align.sweep.study"
+TAG_SWEEP_TRIAL = "reverse_align.sweep.trial"
+TAG_SWEEP_BEST_RUN = "reverse_align.sweep.best_run_id"
+ARTIFACT_SWEEP_DIR = "sweep"  # sweep/trials.csv
+METRIC_SWEEP_BEST_BETA = "sweep/best_beta"
+METRIC_SWEEP_BEST_VALUE = "sweep/best_value"
+METRIC_SWEEP_OBJECTIVE = "sweep/objective"
+
+
+def metric_sweep_exact_match(direction: str) -> str:
+    return f"sweep/exact_match/{direction}"
+
+
+def metric_sweep_trials(state: str) -> str:
+    """``sweep/trials/<complete|pruned|fail>``: trials of the study in that state."""
+    return f"sweep/trials/{state}"
+
+
 # Metrics
 METRIC_INVERT_REQUESTED = "invert/requested"
 METRIC_INVERT_ACCEPTED = "invert/accepted"

@@ -81,3 +81,22 @@ def test_eval_section_5(preset):
     assert (e.aime24_source, e.math500_source, e.gpqa_source) == (
         "simplescaling/aime24_nofigures", "HuggingFaceH4/MATH-500", "Idavidrein/gpqa",
     )
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_sweep_section_4_2(preset):
+    """§4.2: beta swept from 0.1 to 0.8 in 0.1 steps, scored on the benchmarks; 0.6 kept."""
+    from reverse_align.sweep import beta_grid
+
+    cfg = load_config(preset)
+    s = cfg.sweep
+    assert (s.beta_low, s.beta_high, s.sampler, s.grid_step) == (0.1, 0.8, "grid", 0.1)
+    assert beta_grid(cfg) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert s.objective == "eval_average"
+    assert cfg.dpo.beta in beta_grid(cfg)
+
+
+def test_tiny_sweep_uses_the_cheap_objective():
+    cfg = load_config("tiny")
+    assert cfg.sweep.objective == "exact_match"
+    assert (cfg.sweep.beta_low, cfg.sweep.beta_high) == (0.1, 0.8)
