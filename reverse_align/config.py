@@ -153,6 +153,11 @@ class LoraConfig:
     # small updates) or "compute" (model.dtype: bf16 LoRA matmuls, +11% tokens/s on 7B in issue 15's H100
     # measurement, but bf16 optimizer state may drop small updates over a long run: not verified, so not default).
     adapter_dtype: str = "float32"
+    # What training lm_head means when the model ties it to the input embeddings (Qwen2.5-3B and smaller):
+    # "untie" trains an output-only copy (the input embedding stays the base's), which is what a LoRA on a tied
+    # lm_head did in the paper's peft: the delta reaches the logits, never the input; "tie" trains one shared
+    # copy used as both (peft's ensure_weight_tying). Ignored for untied models (Qwen2.5-7B/14B, tiny).
+    tied_lm_head: str = "untie"
 
 
 @dataclass

@@ -63,8 +63,14 @@ LM_HEAD = "lm_head"
 # ---------------------------------------------------------------- configuration
 
 
-def peft_lora_config(lora: LoraConfig):
-    """A causal-LM ``peft.LoraConfig`` from the ``lora:`` section (A.4.1: r, alpha, targets incl. lm_head)."""
+TIED_LM_HEAD = ("untie", "tie")
+
+
+def peft_lora_config(lora: LoraConfig, tied: bool = False):
+    """A causal-LM ``peft.LoraConfig`` from the ``lora:`` section (A.4.1: r, alpha, targets incl. lm_head).
+
+    ``tied``: the model ties lm_head to its input embeddings; ``lora.tied_lm_head`` says what training it means.
+    """
     import peft
 
     # A deviation from A.4.1, kept because no supported configuration avoids it (trl 1.16.0, transformers 5.23):
@@ -79,6 +85,9 @@ def peft_lora_config(lora: LoraConfig):
     # adapter, never the base weights): on paper-7b 1.19B trainable parameters instead of 686M
     # (bench/lora_lm_head_params.py), and vLLM refuses adapters with modules_to_save. The other targets get rank-r LoRA.
     targets = [m for m in lora.target_modules if m != LM_HEAD]
+    if lora.tied_lm_head not in TIED_LM_HEAD:
+        raise UserError(f"lora.tied_lm_head {lora.tied_lm_head!r}: expected one of {', '.join(TIED_LM_HEAD)}")
+    extra = {"ensure_weight_tying": True} if lora.tied_lm_head == "tie" and tied else {}
     return peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -87,6 +96,7 @@ def peft_lora_config(lora: LoraConfig):
         modules_to_save=[LM_HEAD] if LM_HEAD in lora.target_modules else None,
         bias="none",
         task_type="CAUSAL_LM",
+        **extra,
     )
 
 

@@ -149,7 +149,7 @@ def policy_model(cfg: Config, sft_adapter_dir: str | None, base_path: str | None
 
     base = load_model(cfg, base_path)
     if sft_adapter_dir is None:
-        return base, common.peft_lora_config(cfg.lora)
+        return base, common.peft_lora_config(cfg.lora, tied=base.config.tie_word_embeddings)
     model = PeftModel.from_pretrained(base, sft_adapter_dir, adapter_name=POLICY_ADAPTER, is_trainable=True)
     return model, None
 

@@ -153,12 +153,13 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
     tokenizer = load_tokenizer(cfg, base_path)
     dataset, stats = build_dataset(tokenizer, records, cfg.model.max_length)
     dataset = pad_to_multiple(dataset, cfg.sft.sequence_length_multiple, tokenizer.pad_token_id)
+    model = load_model(cfg, base_path)
     trainer = SFTTrainer(
-        model=load_model(cfg, base_path),
+        model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=common.peft_lora_config(cfg.lora),
+        peft_config=common.peft_lora_config(cfg.lora, tied=model.config.tie_word_embeddings),
         callbacks=[
             common.MlflowMetricsCallback(),
             common.SaveEveryEpochsCallback(cfg.sft.save_every_epochs),

@@ -100,3 +100,11 @@ def test_tiny_sweep_uses_the_cheap_objective():
     cfg = load_config("tiny")
     assert cfg.sweep.objective == "exact_match"
     assert (cfg.sweep.beta_low, cfg.sweep.beta_high) == (0.1, 0.8)
+
+
+@pytest.mark.parametrize("preset", PAPER)
+def test_speed_settings_are_explicit(preset):
+    """Issue 15: GPU speed settings that keep the loss; tied lm_head (paper-3b) trained output-only."""
+    cfg = load_config(preset)
+    assert (cfg.sft.use_liger_kernel, cfg.sft.sequence_length_multiple) == (True, 32)
+    assert (cfg.lora.adapter_dtype, cfg.lora.tied_lm_head, cfg.model.compile_layers) == ("float32", "untie", False)
