@@ -25,7 +25,7 @@ from conftest import ROOT, SESSION_DIR, run_cli
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.sweep import run_sweep, study_name
-from reverse_align.sweep_storage import default_url
+from reverse_align.sweep_storage import default_url, open_storage
 
 FAST = [
     "dpo.max_steps=2", "dpo.save_every_steps=2", "dpo.per_device_batch_size=4",
@@ -46,7 +46,8 @@ def cli_args(sft: str, data: str, low: float, high: float, *extra: str) -> list[
 
 
 def trials(cfg, sft, data, storage=None):
-    return optuna.load_study(study_name=study_name(cfg, sft, data), storage=storage or default_url()).trials
+    storage = open_storage(load_config("micro", [f"sweep.storage={storage or default_url()}"]))
+    return optuna.load_study(study_name=study_name(cfg, sft, data), storage=storage).trials
 
 
 def children(client, parent_id):
@@ -125,7 +126,7 @@ def test_two_workers_share_a_postgresql_study(micro_sft, micro_invert, client):
         _check_each_trial_once(trials(sweep_cfg(0.6, 0.7), micro_sft, micro_invert, POSTGRES))
     finally:
         try:
-            optuna.delete_study(study_name=name, storage=POSTGRES)
+            optuna.delete_study(study_name=name, storage=open_storage(sweep_cfg(0.6, 0.7, f"sweep.storage={POSTGRES}")))
         except KeyError:
             pass
 

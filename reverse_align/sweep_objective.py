@@ -1,0 +1,123 @@
+"""A sweep trial's objective (maximised): what :func:`objective_value` returns and the checkpoint reporter.
+
+- ``exact_match`` (tiny presets): mean greedy exact match on the first
+  ``sweep.objective_limit`` held-out forward and reverse problems of the data
+  run, scored at every DPO checkpoint (``trial.report``, for the pruner) and of
+  the final adapter.
+- ``eval_average`` (paper presets): ``eval/average`` of the `evaluate` stage on
+  ``eval.benchmarks``, when this installation has that stage.
+"""
+
+from __future__ import annotations
+
+from reverse_align import tracking
+from reverse_align.config import Config
+from reverse_align.errors import UserError
+
+PARAM = "beta"
+
+
+def evaluate_stage():
+    """The `evaluate` stage function when this installation has it (another module), else None."""
+    import importlib
+
+    from reverse_align.cli import STAGES
+
+    stage = STAGES.get("evaluate")
+    if stage is None:
+        return None
+    module_name, func_name = stage.target.split(":")
+    try:
+        return getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def exact_match_score(cfg: Config, model, tokenizer, data_run_id: str) -> dict[str, float]:
+    """Greedy exact match per direction on the first ``objective_limit`` held-out problems, and their mean."""
+    from reverse_align.data.invert import load_run_records
+    from reverse_align.eval.generation import greedy_accuracy
+
+    scores = {}
+    for direction, artifact in (("forward", tracking.ARTIFACT_TEST_FORWARD), ("reverse", tracking.ARTIFACT_TEST_REVERSE)):
+        try:
+            tests = load_run_records(data_run_id, artifact)[: cfg.sweep.objective_limit]
+        except Exception:  # noqa: BLE001 - mlflow raises several types for a missing artifact
+            raise UserError(f"--data_run_id {data_run_id}: has no {artifact} for the exact_match objective") from None
+        scores[direction] = greedy_accuracy(model, tokenizer, tests, cfg.eval.max_new_tokens)
+    scores["mean"] = (scores["forward"] + scores["reverse"]) / 2
+    return scores
+
+
+def objective_value(
+    cfg: Config, objective: str, dpo_run_id: str, data_run_id: str, scored: dict[str, float] | None = None
+) -> float:
+    """The trial's score (higher is better), also logged to the dpo run as ``sweep/objective`` at its last step.
+
+    ``scored``: exact_match scores the checkpoint callback already took of the final weights (not redone).
+    """
+    import tempfile
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    step = int(client.get_run(dpo_run_id).data.metrics.get(tracking.METRIC_DPO_GLOBAL_STEPS, 0))
+    if objective == "exact_match" and scored is not None:
+        value = scored["mean"]
+    elif objective == "exact_match":
+        from reverse_align.models import load_tokenizer, resolve_base_model
+        from reverse_align.train.common import load_adapter_model
+
+        base_path = resolve_base_model(cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = tracking.download_artifact(dpo_run_id, tracking.ARTIFACT_ADAPTER, tmp)
+            model = load_adapter_model(cfg, base_path, adapter)
+        scores = exact_match_score(cfg, model, load_tokenizer(cfg, base_path), data_run_id)
+        for direction in ("forward", "reverse"):
+            client.log_metric(dpo_run_id, tracking.metric_sweep_exact_match(direction), scores[direction], step=step)
+        client.log_metric(dpo_run_id, tracking.METRIC_SWEEP_OBJECTIVE, scores["mean"], step=step)
+        value = scores["mean"]
+    else:
+        evaluate = evaluate_stage()
+        if evaluate is None:
+            raise UserError("--objective eval_average needs the `evaluate` stage, which this installation lacks")
+        eval_run_id = evaluate(cfg, run_id=dpo_run_id, benchmarks=",".join(cfg.eval.benchmarks))
+        value = client.get_run(eval_run_id).data.metrics[tracking.METRIC_EVAL_AVERAGE]
+        client.log_metric(dpo_run_id, tracking.METRIC_SWEEP_OBJECTIVE, value, step=step)
+    return value
+
+
+def checkpoint_reporter(cfg: Config, trial, data_run_id: str):
+    """A TrainerCallback scoring each DPO checkpoint: ``trial.report`` it, log it, prune if Optuna says so."""
+    import mlflow
+    import optuna
+    from transformers import TrainerCallback
+
+    from reverse_align.models import load_tokenizer
+
+    class ReportCheckpoints(TrainerCallback):
+        def __init__(self):
+            self.scored: dict[int, dict[str, float]] = {}  # global step -> scores
+
+
+        def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
+            tokenizer = processing_class or load_tokenizer(cfg)
+            was_training, padding_side = model.training, tokenizer.padding_side
+            try:
+                scores = exact_match_score(cfg, model, tokenizer, data_run_id)  # the policy adapter is active
+            finally:
+                model.train(was_training)
+                tokenizer.padding_side = padding_side
+            self.scored[state.global_step] = scores
+            mlflow.log_metrics(
+                {
+                    tracking.METRIC_SWEEP_OBJECTIVE: scores["mean"],
+                    **{tracking.metric_sweep_exact_match(d): scores[d] for d in ("forward", "reverse")},
+                },
+                step=state.global_step,
+            )
+            trial.report(scores["mean"], state.global_step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"beta {trial.params[PARAM]}: {scores['mean']:.3f} at step {state.global_step}")
+
+    return ReportCheckpoints()
