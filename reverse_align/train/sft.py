@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from reverse_align import tracking
 from reverse_align.config import Config
+from reverse_align.data import lengths as length_rule
 from reverse_align.data.schema import Record
 from reverse_align.errors import UserError
 from reverse_align.formatting import chat_messages, prompt_messages
 from reverse_align.train import common
-from reverse_align.train.mixes import MIXES, composition, compose_mix, train_set_artifacts
+from reverse_align.train.mixes import MIXES, compose_mix, composition, train_set_artifacts
 
 STAGE = "sft"
 TAG_STOPPED_AT_STEP = "reverse_align.stopped_at_step"
@@ -65,8 +66,6 @@ def build_dataset(tokenizer, records: list[Record], max_length: int):
     ``thinking_cut``, ``dropped``.
     """
     from datasets import Dataset
-
-    from reverse_align.data import lengths as length_rule
 
     measure = length_rule.TokenizerLengths(tokenizer)
     rows, counts = [], {length_rule.THINKING_CUT: 0, length_rule.DROPPED: 0}
@@ -273,6 +272,7 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
         records = load_mix(data_run_id, mix, cfg.sft.seed, cfg.sft.train_set)
         mix_info = composition(records, mix, cfg.sft.seed)
         mlflow.log_dict(mix_info, tracking.ARTIFACT_MIX)
+        mlflow.set_tag(tracking.TAG_LENGTH_RULE, length_rule.RULE)  # applied in build_dataset
         existing = mlflow.MlflowClient().get_run(run_id).data.params
         counts = {f"mix.{k}": mix_info[k] for k in ("examples", "forward", "reverse", "pairs")}
         mlflow.log_params({k: v for k, v in counts.items() if k not in existing})
