@@ -90,6 +90,12 @@ def forward_steps(problem: Problem) -> list[str]:
     return [fact(values[i], op, operand) for i, (op, operand) in enumerate(problem.ops)]
 
 
+def undo_steps(problem: Problem) -> list[str]:
+    """The reverse trace: the operations undone from the result back to the start."""
+    values = problem.values()
+    return [fact(values[i + 1], _UNDO[op], operand) for i, (op, operand) in reversed(list(enumerate(problem.ops)))]
+
+
 def forward_record(problem: Problem, pair_id: str) -> Record:
     steps = forward_steps(problem)
     return Record(
@@ -105,11 +111,7 @@ def forward_record(problem: Problem, pair_id: str) -> Record:
 
 
 def reverse_record(problem: Problem, pair_id: str) -> Record:
-    values = problem.values()
-    steps = []
-    for i in range(len(problem.ops) - 1, -1, -1):
-        op, operand = problem.ops[i]
-        steps.append(fact(values[i + 1], _UNDO[op], operand))
+    steps = undo_steps(problem)
     return Record(
         id=f"{pair_id}-r",
         pair_id=pair_id,
@@ -304,7 +306,7 @@ def valid_steps(value: int, cfg: SyntheticConfig) -> list[tuple[str, int]]:
     return steps
 
 
-def worked_example(rng: random.Random, cfg: SyntheticConfig, exclude: set[Problem], guard: "HeldOut") -> str:
+def worked_example(rng: random.Random, cfg: SyntheticConfig, exclude: set[Problem], guard: HeldOut) -> str:
     """A forward problem outside ``exclude`` that gives no held-out answer away, in words, then its steps."""
     while True:
         problem = sample_problem(rng, cfg)
@@ -332,12 +334,6 @@ def random_walk(rng: random.Random, cfg: SyntheticConfig, length: int) -> list[s
 # ---------------------------------------------------------------- leakage
 
 _STEP_LINE = re.compile(r"^\d+ [-+*/] \d+ = \d+$")
-
-
-def undo_steps(problem: Problem) -> list[str]:
-    """The reverse trace: the operations undone from the result back to the start."""
-    values = problem.values()
-    return [fact(values[i + 1], _UNDO[op], operand) for i, (op, operand) in reversed(list(enumerate(problem.ops)))]
 
 
 @dataclass(frozen=True)

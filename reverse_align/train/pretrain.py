@@ -5,10 +5,13 @@ A Qwen2-architecture causal LM with a byte-level BPE tokenizer trained here
 It is pretrained on the world's single arithmetic steps, forward and undone,
 chained into walks (some repeated, which grows the heads that copy), and on
 worked forward examples in the world's words ("Start with 7. Subtract 1, then
-add 4." and its steps) for problems outside the world's train and test sets:
-an instruct LLM reads the language of its tasks before any SFT, and so does
-this one. It never sees a question sentence, the chat format, the answer
-sentence or a reverse problem: those are what SFT has to teach. Saved in
+add 4." and its steps) for problems outside the world's train, test and
+transfer sets: an instruct LLM reads the language of its tasks before any SFT,
+and so does this one. No row gives a held-out answer away: one that contains a
+held-out chain (forward or undone) or opens with a held-out plan is drawn again
+(``synthetic.HeldOut``; the old stream gave away 146 of the 200 test problems).
+It never sees a question sentence, the chat format, the answer sentence or a
+reverse problem: those are what SFT has to teach. Saved in
 Hugging Face format and registered, so later stages load it exactly as they
 would load Qwen2.5-7B-Instruct.
 """
