@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 from fake_teacher import FakeTeacher
@@ -140,10 +142,19 @@ def test_missing_data_is_one_line_exit_2(micro_base, micro_data, tmp_path):
     offline = run_cli("evaluate", "--preset", "micro", "--benchmarks", "aime24")
     assert offline.returncode == 2 and offline.stderr.strip().count("\n") == 0, offline.stderr
     assert "simplescaling/aime24_nofigures" in offline.stderr and "hub" in offline.stderr
-    # A data run without the transfer set.
-    transfer = run_cli(
-        "evaluate", "--preset", "micro", "--benchmarks", "synthetic_transfer", "--data_run_id", micro_data
-    )
+    # A data run without the transfer set (as made before the transfer family existed): a copy of
+    # micro_data's runs is not possible, so one more data run loses the artifact in the local store.
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    from reverse_align.config import load_config
+    from reverse_align.data.stage import run_data
+
+    old = run_data(load_config("micro"))
+    artifacts = urlparse(mlflow.MlflowClient().get_run(old).info.artifact_uri).path
+    (Path(artifacts) / tracking.ARTIFACT_TEST_TRANSFER).unlink()
+    transfer = run_cli("evaluate", "--preset", "micro", "--benchmarks", "synthetic_transfer", "--data_run_id", old)
     assert transfer.returncode == 2 and transfer.stderr.strip().count("\n") == 0
     assert "synthetic_transfer" in transfer.stderr and tracking.ARTIFACT_TEST_TRANSFER in transfer.stderr
     # The base model with a synthetic benchmark and no data run.
