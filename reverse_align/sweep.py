@@ -37,7 +37,13 @@ import time
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
-from reverse_align.sweep_objective import PARAM, checkpoint_reporter, evaluate_stage, objective_value
+from reverse_align.sweep_objective import (
+    PARAM,
+    check_objective_inputs,
+    checkpoint_reporter,
+    evaluate_stage,
+    objective_value,
+)
 from reverse_align.sweep_storage import _redact, describe, fail_dead_local_trials, open_storage, worker_id
 
 STAGE = "sweep"
@@ -389,6 +395,7 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     if sft_run is not None:
         check_same_base(cfg, sft_run)
     require_pairs_run(data_run_id)
+    check_objective_inputs(cfg, data_run_id)
     name = study_name(cfg, sft_run_id, data_run_id)
     storage = open_storage(cfg)
     study = optuna.create_study(

@@ -81,10 +81,23 @@ def objective_value(
         evaluate = evaluate_stage()
         if evaluate is None:
             raise UserError("--objective eval_average needs the `evaluate` stage, which this installation lacks")
-        eval_run_id = evaluate(cfg, run_id=dpo_run_id, benchmarks=",".join(cfg.eval.benchmarks))
+        # The synthetic benchmarks' held-out sets come from the trial's invert run (evaluate's own default).
+        eval_run_id = evaluate(cfg, run_id=dpo_run_id, data_run_id=data_run_id)
         value = client.get_run(eval_run_id).data.metrics[tracking.METRIC_EVAL_AVERAGE]
         client.log_metric(dpo_run_id, tracking.METRIC_SWEEP_OBJECTIVE, value, step=step)
     return value
+
+
+def check_objective_inputs(cfg: Config, data_run_id: str) -> None:
+    """Before any trial trains: every benchmark of an eval_average objective can be read (else one line, exit 2)."""
+    if cfg.sweep.objective != "eval_average":
+        return
+    if evaluate_stage() is None:
+        raise UserError("--objective eval_average needs the `evaluate` stage, which this installation lacks")
+    from reverse_align.eval import benchmarks as bench
+
+    for name in bench.check_benchmarks(cfg.eval.benchmarks):
+        bench.load_docs(name, cfg.eval, data_run_id)
 
 
 def checkpoint_reporter(cfg: Config, trial, data_run_id: str):

@@ -12,7 +12,7 @@ from reverse_align import tracking
 def test_mlflow_run_data_entry_point(micro_base, client):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     result = subprocess.run(
-        [str(mlflow_bin), "run", str(ROOT), "-e", "data", "-P", "preset=micro", "-P", "overrides=data.probe_size=4",
+        [str(mlflow_bin), "run", str(ROOT), "-e", "data", "-P", "preset=micro", "-P", "overrides=data.probe_size=4 data.limit=30",
          "--env-manager", "local"],
         capture_output=True, text=True, cwd=SESSION_DIR, timeout=600,
         # As a user's shell: no experiment chosen, so `mlflow run` puts its launcher run in Default.
@@ -32,6 +32,8 @@ def test_mlflow_run_data_entry_point(micro_base, client):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags[tracking.TAG_PRESET] == "micro"
+    # Space-separated overrides reach the stage as two (mlflow shell-quotes each value itself).
+    assert run.data.params["data.limit"] == "30"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} >= {"data/forward.jsonl", "data/probe.jsonl"}
     # The launcher run `mlflow run` made in the Default experiment points at ours.
     all_experiments = [e.experiment_id for e in client.search_experiments()]

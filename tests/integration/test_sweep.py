@@ -175,5 +175,9 @@ def test_bad_sweep_input_exits_2(micro_sft, micro_invert):
     result = run_cli(*cli_args(micro_sft, micro_invert, 0.5, 0.2))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: sweep beta range [0.5, 0.2]: expected 0 < beta_low < beta_high"]
-    result = run_cli(*cli_args(micro_sft, micro_invert, 0.1, 0.8, "--objective", "eval_average"))
-    assert result.returncode == 2 and "evaluate" in result.stderr
+    # eval_average on a benchmark whose data cannot be read (hub offline): refused before any trial trains.
+    result = run_cli(
+        *cli_args(micro_sft, micro_invert, 0.1, 0.8, "--objective", "eval_average", "--set", "eval.benchmarks=aime24")
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "simplescaling/aime24_nofigures" in result.stderr
