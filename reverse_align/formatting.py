@@ -31,13 +31,16 @@ def chat_messages(record: Record) -> list[dict]:
     return prompt_messages(record.question) + [{"role": "assistant", "content": record_assistant_turn(record)}]
 
 
+BOX_OPENERS = ("\\boxed{", "\\fbox{")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``, braces matched; None if there is none."""
-    start = text.rfind("\\boxed{")
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; None if there is none or
+    it is cut off inside the box. Training data, teachers and grading all read answers through this."""
+    start, opener = max((text.rfind(o), o) for o in BOX_OPENERS)
     if start < 0:
         return None
-    depth = 0
-    begin = start + len("\\boxed{")
+    depth, begin = 0, start + len(opener)
     for i in range(begin, len(text)):
         if text[i] == "{":
             depth += 1

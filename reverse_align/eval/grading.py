@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from reverse_align.formatting import last_boxed
+
 ANSWER_MARKER = "<|im_start|>answer"
 INTEGER, MATH, CHOICE = "integer", "math", "choice"
 KINDS = (INTEGER, MATH, CHOICE)
@@ -29,7 +31,6 @@ KINDS = (INTEGER, MATH, CHOICE)
 OK, TRUNCATED, UNPARSED = "ok", "truncated", "unparsed"
 LETTERS = "ABCD"
 
-_BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _ANSWER_LINE = re.compile(r"answer\s*[:：]\s*(.+)", re.IGNORECASE)
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
 _LETTER = re.compile(r"^\(?([A-D])\)?(?:[.:)]|\s|$)")
@@ -54,25 +55,9 @@ def attempt_part(response: str, marker_required: bool = True) -> str | None:
     return response[at + len(ANSWER_MARKER) :].lstrip("\n")
 
 
-def last_box(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}``, braces matched."""
-    start, opener = max((text.rfind(o), o) for o in _BOX_OPENERS)
-    if start < 0:
-        return None
-    depth, begin = 0, start + len(opener)
-    for i in range(begin, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            if depth == 0:
-                return text[begin:i].strip()
-            depth -= 1
-    return None  # cut off inside the box
-
-
 def extract_answer(attempt: str) -> str | None:
     """The last box, else the last ``Answer:`` line (markdown bold and a trailing period dropped)."""
-    boxed = last_box(attempt)
+    boxed = last_boxed(attempt)
     if boxed:
         return boxed
     lines = _ANSWER_LINE.findall(attempt.replace("**", ""))
