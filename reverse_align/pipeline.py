@@ -69,7 +69,11 @@ def run_main(cfg: Config, force: str = "false") -> str:
     tracking.setup()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment_name())
-    parent = client.create_run(experiment.experiment_id, tags={tracking.TAG_STAGE: STAGE, tracking.TAG_PRESET: cfg.preset})
+    parent = client.create_run(
+        experiment.experiment_id,
+        tags={tracking.TAG_STAGE: STAGE, tracking.TAG_PRESET: cfg.preset},
+        run_name=f"main-{cfg.preset}",
+    )
     parent_id = parent.info.run_id
     os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
     done: dict[str, str] = {}

@@ -38,6 +38,8 @@ TAG_ERROR = "reverse_align.error"
 TAG_CONFIG_HASH = "reverse_align.config_hash"
 # The rule for examples over model.max_length tokens (reverse_align.data.lengths.RULE), on data, invert, sft runs.
 TAG_LENGTH_RULE = "reverse_align.length_rule"
+# MLflow's own run-name tag (what the UI lists): set by stage_run from tracking.run_name.
+TAG_RUN_NAME = "mlflow.runName"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
 ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
 # Set on an `mlflow run` launcher run that was left in the Default experiment.
@@ -274,6 +276,8 @@ def stage_run(
         mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
     try:
         mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset, TAG_CONFIG_HASH: config_hash(cfg, stage)})
+        if not run_id:  # a resumed run keeps its name
+            mlflow.set_tag(TAG_RUN_NAME, run_name(stage, cfg, params, upstream))
         parent = os.environ.get(ENV_PARENT_RUN_ID)
         if parent and parent != run.info.run_id and not nested:
             mlflow.set_tag("mlflow.parentRunId", parent)
@@ -293,6 +297,43 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def run_name(stage: str, cfg: "Config", params: dict[str, Any] | None, upstream: dict[str, str] | None) -> str:
+    """What a run is, as the MLflow UI lists it: ``sft-reverse``, ``dpo-beta0.6-on-sft-mixed``, ``eval-sft-forward``.
+
+    Built from the stage's own parameters and, for stages that work on another run, that run's name.
+    """
+    p, up = params or {}, upstream or {}
+    if stage == "sft":
+        mix = p.get("sft.mix", "")
+        name = f"sft-{mix}" if cfg.sft.train_set == "all" else f"sft-{cfg.sft.train_set}-{mix}"
+        return name + (f"-seed{cfg.sft.seed}" if cfg.sft.seed else "")
+    if stage == "dpo":
+        target = f"on-{_name_of(up['sft'])}" if up.get("sft") else "direct"
+        return f"dpo-beta{cfg.dpo.beta:g}-{target}" + (f"-seed{cfg.dpo.seed}" if cfg.dpo.seed else "")
+    if stage == "evaluate":
+        evaluated = up.get("dpo") or up.get("sft")
+        return f"eval-{_name_of(evaluated) if evaluated else 'base'}"
+    if stage == "probe":
+        if p.get("probe.train_on"):
+            return f"probe-{p['probe.train_on']}"
+        return f"probe-of-{_name_of(p.get('probe.run_id', ''))}"
+    if stage == "invert":
+        return f"invert-{cfg.invert.teacher}"
+    if stage == "data":
+        return f"data-{Path(cfg.data.source).name or cfg.data.source}"
+    return f"{stage}-{cfg.preset}"
+
+
+def _name_of(run_id: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.run_name or run_id[:8]
+    except MlflowException:  # a name is a label: never fail a stage over it
+        return run_id[:8]
 
 
 def base_model_upstream(cfg: "Config", stage: str) -> dict[str, str]:

@@ -26,6 +26,15 @@ def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
         assert child.data.tags[tracking.tag_upstream("pretrain")] == pretrain, key
     assert client.get_run(children["dpo.mixed"]).data.tags[tracking.tag_upstream("sft")] == children["sft.mixed"]
     assert tracking.tag_upstream("sft") not in client.get_run(children["dpo.direct"]).data.tags
+    # The MLflow UI lists each run by what it is.
+    names = {key: client.get_run(run_id).info.run_name for key, run_id in children.items()}
+    assert names == {
+        "data": "data-synthetic", "invert": "invert-synthetic",
+        "sft.forward": "sft-forward", "sft.reverse": "sft-reverse", "sft.mixed": "sft-mixed",
+        "sft.mixed_half": "sft-mixed_half", "dpo.forward": "dpo-beta0.6-on-sft-forward",
+        "dpo.reverse": "dpo-beta0.6-on-sft-reverse", "dpo.mixed": "dpo-beta0.6-on-sft-mixed", "dpo.direct": "dpo-beta0.6-direct",
+    }  # fmt: skip
+    assert parent.info.run_name == "main-micro"
 
     capsys.readouterr()
     second = client.get_run(run_main(cfg))
