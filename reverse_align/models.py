@@ -63,11 +63,11 @@ def resolve_base_model(cfg: Config) -> str:
         )
     target = cache_dir() / "models" / version.run_id
     if not (target / "config.json").is_file():
+        import shutil
+
         import mlflow
 
         from reverse_align import tracking
-
-        import shutil
 
         partial = target.parent / f".{version.run_id}.partial"
         partial.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,24 @@ def resolve_base_model(cfg: Config) -> str:
         os.replace(downloaded, target)
         shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+def require_same_base(cfg: Config, run, flag: str) -> None:
+    """An adapter run means its model only on the base it was trained on: refuse another preset's base.
+
+    ``flag`` names the option that gave ``run`` (``--run_id``, ``--sft_run_id``) in the one-line error.
+    """
+    from reverse_align import tracking
+
+    ours = cfg.flat()
+    keys = ["model.name"] + (["pretrain.registered_model"] if cfg.model.name == TINY_BASE else [])
+    for key in keys:
+        theirs = run.data.params.get(key)
+        if theirs is not None and theirs != str(ours[key]):
+            raise UserError(
+                f"{flag} {run.info.run_id}: trained with {key}={theirs}, preset {cfg.preset} has {key}={ours[key]}; "
+                f"pass --preset {run.data.tags.get(tracking.TAG_PRESET, '?')}"
+            )
 
 
 def torch_dtype(name: str):

@@ -386,14 +386,15 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     import mlflow
     import optuna
 
-    from reverse_align.train.dpo import check_dpo_config, check_same_base, require_pairs_run
+    from reverse_align.models import require_same_base
+    from reverse_align.train.dpo import check_dpo_config, require_pairs_run
 
     tracking.setup()
     check_sweep_config(cfg)
     check_dpo_config(cfg)
     sft_run = tracking.require_run(sft_run_id, "sft", "sft_run_id") if sft_run_id else None
     if sft_run is not None:
-        check_same_base(cfg, sft_run)
+        require_same_base(cfg, sft_run, "--sft_run_id")
     require_pairs_run(data_run_id)
     check_objective_inputs(cfg, data_run_id)
     name = study_name(cfg, sft_run_id, data_run_id)

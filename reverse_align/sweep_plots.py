@@ -26,15 +26,8 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.params[param] for t in pruned], last, marker="x", color="grey", label="pruned (last checkpoint)")
     ax.scatter([best.params[param]], [best.value], s=160, facecolors="none", edgecolors="red", label=f"best {param}={best.params[param]:g}")
-    ax.set_xlabel(f"DPO {param}")
-    ax.set_ylabel(objective)
-    ax.set_title(f"{study.study_name}\n{len(complete)} completed trials", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    first = out_dir / OBJECTIVE_VS_BETA
-    fig.savefig(first, dpi=120)
-    plt.close(fig)
+    first = _finish(plt, fig, ax, f"DPO {param}", objective, f"{study.study_name}\n{len(complete)} completed trials",
+                    out_dir / OBJECTIVE_VS_BETA, title_size=8)  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(6, 4))
     numbers = [t.number for t in complete]
@@ -44,13 +37,18 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
     ax.step(numbers, running_best, where="post", color="red", label="best so far")
     for t in complete:
         ax.annotate(f"{t.params[param]:g}", (t.number, t.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("trial number")
-    ax.set_ylabel(objective)
-    ax.set_title("optimization history (labels: beta)", fontsize=9)
+    second = _finish(plt, fig, ax, "trial number", objective, "optimization history (labels: beta)", out_dir / HISTORY)
+    return [first, second]
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path, title_size: int = 9) -> Path:
+    """Labels, grid and legend of one sweep figure, written to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    second = out_dir / HISTORY
-    fig.savefig(second, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [first, second]
+    return path

@@ -33,6 +33,7 @@ from reverse_align.errors import UserError
 from reverse_align.eval import benchmarks as bench
 from reverse_align.eval import results
 from reverse_align.eval.judge import OFFLINE, Judge
+from reverse_align.models import require_same_base
 
 STAGE = "evaluate"
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -47,19 +48,6 @@ def check_eval_config(cfg: Config) -> None:
         raise UserError(f"eval.max_new_tokens ({e.max_new_tokens}) and eval.batch_size ({e.batch_size}) must be >= 1")
     if e.samples > 1 and not (e.temperature > 0 and 0 < e.top_p <= 1):
         raise UserError(f"eval.samples {e.samples} needs eval.temperature > 0 and 0 < eval.top_p <= 1")
-
-
-def check_same_base(cfg: Config, run) -> None:
-    """An adapter means its model only on the base it was trained on."""
-    keys = ["model.name"] + (["pretrain.registered_model"] if cfg.model.name == "tiny-base" else [])
-    ours = cfg.flat()
-    for key in keys:
-        theirs = run.data.params.get(key)
-        if theirs is not None and theirs != str(ours[key]):
-            raise UserError(
-                f"--run_id {run.info.run_id}: trained with {key}={theirs}, this preset ({cfg.preset}) has "
-                f"{key}={ours[key]}; pass --preset {run.data.tags.get(tracking.TAG_PRESET, '?')}"
-            )
 
 
 def task_sha(name: str) -> str:
@@ -122,7 +110,7 @@ def run_evaluate(cfg: Config, run_id: str = "", data_run_id: str = "", api_key: 
     check_eval_config(cfg)
     evaluated = tracking.require_run(run_id, ("sft", "dpo"), "run_id") if run_id else None
     if evaluated is not None:
-        check_same_base(cfg, evaluated)
+        require_same_base(cfg, evaluated, "--run_id")
     data_run_id = _data_run(evaluated, data_run_id, names)
     judge = None if cfg.eval.judge in ("", OFFLINE) else Judge(cfg.eval.judge, cfg.eval.judge_base_url, api_key)
     # Every benchmark's questions are read before any run or model exists: missing data is one line.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
+from reverse_align.models import require_same_base
 
 STAGE = "probe"
 PROBE_TRAIN_SET = "probe"
@@ -211,10 +212,7 @@ def run_checkpoints(cfg: Config, run_id: str) -> str:
     data_run_id = run.data.tags.get(tracking.tag_upstream("invert"))
     if not data_run_id:
         raise UserError(f"--run_id {run_id}: has no {tracking.tag_upstream('invert')} tag naming its data run")
-    for key in ("model.name", "pretrain.registered_model"):
-        theirs, ours = run.data.params.get(key), str(cfg.flat()[key])
-        if theirs is not None and theirs != ours:
-            raise UserError(f"--run_id {run_id}: trained with {key}={theirs}, preset {cfg.preset} has {ours}")
+    require_same_base(cfg, run, "--run_id")
     client = mlflow.MlflowClient(tracking.tracking_uri())
     checkpoints = logged_checkpoints(client, run_id)
     if not checkpoints:

@@ -31,6 +31,7 @@ from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.data.invert import load_run_records
 from reverse_align.errors import UserError
+from reverse_align.models import require_same_base
 from reverse_align.train import common
 from reverse_align.train.mixes import train_set_artifacts
 from reverse_align.train.preferences import BOTH, check_direction, fit_prompts, preference_dataset, preference_pairs
@@ -70,18 +71,6 @@ def require_pairs_run(data_run_id: str):
                 f"--data_run_id {data_run_id}: is a data run without reverses; pass the invert run made from it"
             )
     return tracking.require_run(data_run_id, "invert", "data_run_id")
-
-
-def check_same_base(cfg: Config, sft_run) -> None:
-    """The SFT adapter only means the SFT model on the base model it was trained on."""
-    keys = ["model.name"] + (["pretrain.registered_model"] if cfg.model.name == "tiny-base" else [])
-    ours = cfg.flat()
-    for key in keys:
-        theirs = sft_run.data.params.get(key)
-        if theirs is not None and theirs != str(ours[key]):
-            raise UserError(
-                f"--sft_run_id {sft_run.info.run_id}: trained with {key}={theirs}, this DPO has {key}={ours[key]}"
-            )
 
 
 def load_pairs(cfg: Config, data_run_id: str, direction: str, tokenizer) -> tuple[list[dict], int]:
@@ -262,7 +251,7 @@ def run_dpo(
     check_dpo_config(cfg)
     sft_run = tracking.require_run(sft_run_id, "sft", "sft_run_id") if sft_run_id else None
     if sft_run:
-        check_same_base(cfg, sft_run)
+        require_same_base(cfg, sft_run, "--sft_run_id")
     require_pairs_run(data_run_id)
     resuming = bool(run_id)
     if resuming:
