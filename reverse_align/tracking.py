@@ -183,11 +183,7 @@ def metric_eval(benchmark: str, name: str) -> str:
 
 # evaluate: held-out sets of a data run per synthetic benchmark; per-sample tables
 # (eval/samples/<benchmark>.json: id, sample, response, extracted, gold, correct, status), lm-eval's results JSON.
-SYNTHETIC_TEST_ARTIFACTS = {
-    "synthetic_forward": ARTIFACT_TEST_FORWARD,
-    "synthetic_reverse": ARTIFACT_TEST_REVERSE,
-    "synthetic_transfer": ARTIFACT_TEST_TRANSFER,
-}
+SYNTHETIC_TEST_ARTIFACTS = {f"synthetic_{name}": artifact for name, artifact in SYNTHETIC_TESTS.items()}
 ARTIFACT_EVAL_SAMPLES = "eval/samples"
 ARTIFACT_EVAL_RESULTS = "eval/lm_eval_results.json"
 # evaluate params beyond the config: sha256 (12 hex) of each shipped task file and of the questions scored.
