@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from reverse_align.errors import UserError
+from reverse_align.scheduler import StageFailed
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,12 @@ STAGES: dict[str, Stage] = {
     "main": Stage(
         "reverse_align.pipeline:run_main",
         "the whole study on a preset, reusing finished runs",
-        (PRESET, Param("force", "rerun every stage even if a finished run exists", default="false")),
+        (
+            PRESET,
+            Param("force", "rerun every stage even if a finished run exists", default="false"),
+            Param("seeds", "training seeds per SFT/DPO/eval cell: a count (3) or a list (0,1,2); default main.seeds"),
+            Param("jobs", "stages run side by side", config="main.jobs"),
+        ),
     ),
     "data": Stage(
         "reverse_align.data.stage:run_data",
@@ -224,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except StageFailed as exc:  # `main`: the stage's traceback is in its log
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         traceback.print_exc()
         return 1

@@ -325,6 +325,18 @@ class SweepConfig:
 
 
 @dataclass
+class MainConfig:
+    # Training seeds of the SFT, DPO and evaluation grid: N runs each cell with sft.seed / dpo.seed
+    # = seed, seed+1, ..., seed+N-1 (data, teacher, base model, probe and sweep shared). The paper
+    # reports one run per cell; the report gives mean and spread over seeds (`--seeds` on main).
+    seeds: int = 1
+    # Stages run side by side, each with (CPU cores // jobs) torch threads. Not from the paper: on
+    # 2 CPU cores two one-thread stages do 1.4x the work of one two-thread stage (the tiny model's
+    # matrices are too small to split well); GPU presets run one stage at a time on all GPUs.
+    jobs: int = 1
+
+
+@dataclass
 class Config:
     preset: str = DEFAULT_PRESET
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -338,6 +350,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    main: MainConfig = field(default_factory=MainConfig)
 
     def flat(self) -> dict[str, Any]:
         """``section.field -> value`` for every field, for MLflow params."""

@@ -69,13 +69,18 @@ def resolve_base_model(cfg: Config) -> str:
 
         from reverse_align import tracking
 
-        partial = target.parent / f".{version.run_id}.partial"
+        # Per process: `main` runs stages side by side, and two may fetch the base at once.
+        partial = target.parent / f".{version.run_id}.{os.getpid()}.partial"
         partial.mkdir(parents=True, exist_ok=True)
         downloaded = mlflow.artifacts.download_artifacts(
             artifact_uri=version.source, dst_path=str(partial), tracking_uri=tracking.tracking_uri()
         )
         # Download beside the target, then rename: a killed download never looks complete.
-        os.replace(downloaded, target)
+        try:
+            os.replace(downloaded, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process's complete copy
+                raise
         shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 

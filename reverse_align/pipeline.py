@@ -1,29 +1,45 @@
 """The `main` entry point: the whole study on a preset, reusing finished runs.
 
-Like a lab notebook, in order:
+Like a lab notebook, in the paper's order:
 1. pretrain  the tiny base model (tiny presets; reused from the registry when present)
 2. data      forward set, held-out tests, probe set
 3. invert    the reverse of every forward item
-4. sft       Table 1: one LoRA SFT per mix (forward, reverse, mixed, mixed_half)
-5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO
+4. sft       Table 1: one LoRA SFT per mix (forward, reverse, mixed, mixed_half), per training seed
+5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO; per seed
+6. probe     Figure 2: ALP learning dynamics trained on D_f, D_r and D_m
+7. evaluate  the base model and every SFT and DPO adapter on eval.benchmarks
+8. sweep     DPO beta over sweep.beta_low..beta_high on the mixed SFT model
+9. promote   the best evaluated adapter of this study -> reverse-align-adapter@champion
+10. report   reports/<experiment>/report.md: the tables and figures beside the paper's
 
 A stage whose FINISHED run with the same preset, inputs, parameters and config
 (what it depends on: tracking.STAGE_CONFIG_SECTIONS) exists is reused, not rerun
 (``force=true`` reruns everything). Each stage run is a child of the `main` run
-in the MLflow UI, and the `main` run tags them all.
+in the MLflow UI; the `main` run tags them all (``reverse_align.upstream.<key>``)
+and keeps the map in ``main/stages.json`` with each stage's wall time, which
+the report reads. Independent stages run side by side (``main.jobs``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
 
 from reverse_align import tracking
 from reverse_align.config import Config
+from reverse_align.errors import UserError
 from reverse_align.models import TINY_BASE
+from reverse_align.scheduler import Job, Outcome, Ref, run_graph
 
 STAGE = "main"
 SFT_MIXES = ("forward", "reverse", "mixed", "mixed_half")
 DPO_ON = ("forward", "reverse", "mixed")
+PROBE_ON = ("forward", "reverse", "mixed")
+# The sweep tunes beta where the paper says DPO matters most: on the mixed-data SFT model (§4.2).
+SWEEP_ON = "mixed"
 
 
 def find_finished(
@@ -31,7 +47,7 @@ def find_finished(
     cfg: Config,
     tags: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
-    without_tag: str | None = None,
+    without_tags: tuple[str, ...] = (),
 ) -> str | None:
     """The newest FINISHED run of a stage with this preset, stage config and these tags/params (as strings)."""
     import mlflow
@@ -49,92 +65,228 @@ def find_finished(
     clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     clauses += [f"params.`{k}` = '{v}'" for k, v in (params or {}).items()]
     runs = client.search_runs([experiment.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
-    runs = [r for r in runs if without_tag is None or without_tag not in r.data.tags]
+    runs = [r for r in runs if not any(t in r.data.tags for t in without_tags)]
     return runs[0].info.run_id if runs else None
 
 
-def _stage_available(module: str) -> bool:
+def stage_available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def run_main(cfg: Config, force: str = "false") -> str:
-    import os
+def parse_seeds(seeds: str, cfg: Config) -> list[int]:
+    """``N`` -> N seeds from sft.seed on; ``a,b,c`` -> those seeds; empty -> main.seeds of the preset."""
+    text = str(seeds).strip()
+    try:
+        if "," in text:
+            values = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            count = int(text) if text else cfg.main.seeds
+            values = list(range(cfg.sft.seed, cfg.sft.seed + count))
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r}: give a count (3) or a comma-separated list of seeds (0,1,2)") from None
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise UserError(f"--seeds {seeds!r}: need at least one seed, no repeats, none negative")
+    return values
 
+
+def seeded(cfg: Config, seed: int) -> Config:
+    """The preset with this training seed for SFT and DPO (data, teacher and base model unchanged)."""
+    return replace(cfg, sft=replace(cfg.sft, seed=seed), dpo=replace(cfg.dpo, seed=seed))
+
+
+def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
+    """Every stage of the study as a job, in the order they are best started."""
+
+    def finder(stage: str, job_cfg: Config, tags=None, params=None, without_tags=()):
+        """A lookup of the job's finished run; tag/param values may be Refs to other jobs."""
+
+        def find(done: dict[str, str]) -> str | None:
+            def value(v):
+                return v.resolve(done) if isinstance(v, Ref) else v
+
+            return find_finished(
+                stage, job_cfg, {k: value(v) for k, v in (tags or {}).items()},
+                {k: value(v) for k, v in (params or {}).items()}, without_tags,
+            )  # fmt: skip
+
+        return find
+
+    up = tracking.tag_upstream
+    not_in_a_sweep = (tracking.TAG_SWEEP_TRIAL,)
+    jobs = [
+        Job("data", "reverse_align.data.stage:run_data", cfg,
+            find=finder("data", cfg, params={"data.source": cfg.data.source, "data.seed": str(cfg.data.seed)})),
+        Job("invert", "reverse_align.data.invert:run_invert", cfg, {"data_run_id": Ref("data")},
+            find=finder("invert", cfg, tags={up("data"): Ref("data")})),
+    ]  # fmt: skip
+    for seed in seeds:
+        seed_cfg = seeded(cfg, seed)
+        # Mixed first: the longest, and the sweep waits for it.
+        for mix in sorted(SFT_MIXES, key=lambda m: m != SWEEP_ON):
+            jobs.append(Job(
+                f"sft.{mix}.seed{seed}", "reverse_align.train.sft:run_sft", seed_cfg,
+                {"data_run_id": Ref("invert"), "mix": mix},
+                find=finder("sft", seed_cfg, tags={up("invert"): Ref("invert")}, params={"sft.mix": mix}),
+            ))  # fmt: skip
+    if seeds:
+        first = seeded(cfg, seeds[0])
+        jobs.append(Job(
+            "sweep", "reverse_align.sweep:run_sweep", first,
+            {"sft_run_id": Ref(f"sft.{SWEEP_ON}.seed{seeds[0]}"), "data_run_id": Ref("invert")},
+            find=finder("sweep", first, tags={up("sft"): Ref(f"sft.{SWEEP_ON}.seed{seeds[0]}")}),
+        ))  # fmt: skip
+    for train_on in PROBE_ON:
+        jobs.append(Job(
+            f"probe.{train_on}", "reverse_align.probe.stage:run_probe", cfg,
+            {"data_run_id": Ref("invert"), "train_on": train_on},
+            find=finder("probe", cfg, tags={up("invert"): Ref("invert")}, params={"probe.train_on": train_on}),
+        ))  # fmt: skip
+    jobs.append(Job(
+        "eval.base", "reverse_align.eval.stage:run_evaluate", cfg, {"data_run_id": Ref("data")},
+        find=finder("evaluate", cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data")}),
+    ))  # fmt: skip
+    for seed in seeds:
+        seed_cfg = seeded(cfg, seed)
+        for on in (*DPO_ON, "direct"):
+            key = f"dpo.{on}.seed{seed}"
+            if on == "direct":
+                args = {"sft_run_id": "", "data_run_id": Ref("invert")}
+                find = finder("dpo", seed_cfg, tags={up("invert"): Ref("invert")}, without_tags=(up("sft"), *not_in_a_sweep))
+            else:
+                args = {"sft_run_id": Ref(f"sft.{on}.seed{seed}"), "data_run_id": Ref("invert")}
+                find = finder("dpo", seed_cfg, tags={up("sft"): Ref(f"sft.{on}.seed{seed}")}, without_tags=not_in_a_sweep)
+            jobs.append(Job(key, "reverse_align.train.dpo:run_dpo", seed_cfg, args, find=find))
+        for trained in [f"sft.{mix}.seed{seed}" for mix in SFT_MIXES] + [f"dpo.{on}.seed{seed}" for on in (*DPO_ON, "direct")]:
+            jobs.append(Job(
+                f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", cfg, {"run_id": Ref(trained)},
+                find=finder("evaluate", cfg, params={"eval.run_id": Ref(trained)}),
+            ))  # fmt: skip
+    evaluated = [job.key for job in jobs if job.key.startswith("eval.")]
+    # Promote among this study's adapters only (its invert run), on the metric evaluate copies onto them.
+    jobs.append(Job(
+        "promote", "reverse_align.registry:run_promote", cfg,
+        {"experiment": tracking.experiment_name(), "preset": cfg.preset,
+         "where": Ref("invert", f"tags.`{up('invert')}` = '{{}}'")},
+        after=tuple(evaluated),
+    ))  # fmt: skip
+    if stage_available("reverse_align.report"):
+        everything = tuple(job.key for job in jobs)
+        jobs.append(Job(
+            "report", "reverse_align.report:run_report", cfg,
+            {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=everything,
+        ))  # fmt: skip
+    return jobs
+
+
+def pretrain_base(cfg: Config, rerun: bool, client, parent_id: str, record: dict) -> None:
+    """The tiny base model, built once and shared by every stage (its weights fetched once, here)."""
+    from reverse_align.models import find_tiny_base, resolve_base_model
+    from reverse_align.train.pretrain import run_pretrain
+
+    version = find_tiny_base(cfg)
+    if version is None or rerun:
+        print("[main] pretrain: running")
+        began = time.perf_counter()
+        run_pretrain(cfg, force="true" if rerun else "false")
+        record["seconds"]["pretrain"] = round(time.perf_counter() - began, 1)
+    else:
+        print(f"[main] pretrain: reusing {version.name} version {version.version}")
+        record["seconds"]["pretrain"] = 0.0
+        record["reused"].append("pretrain")
+    # The weights the whole study starts from (the run that registered them).
+    pretrain_id = tracking.base_model_upstream(cfg, STAGE).get("pretrain")
+    if pretrain_id:
+        client.set_tag(parent_id, tracking.tag_upstream("pretrain"), pretrain_id)
+        record["runs"]["pretrain"] = pretrain_id
+    resolve_base_model(cfg)
+
+
+def champion() -> dict:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(tracking.MODEL_ADAPTER, tracking.ALIAS_CHAMPION)
+    except MlflowException:
+        return {}
+    return {"model": tracking.MODEL_ADAPTER, "alias": tracking.ALIAS_CHAMPION, "version": version.version,
+            "run_id": version.run_id or ""}  # fmt: skip
+
+
+def log_dir(parent_id: str) -> Path:
+    """Where stages running side by side write their output (logged to the main run at the end)."""
+    from reverse_align.models import cache_dir
+
+    return cache_dir() / "main-logs" / parent_id
+
+
+def _log_stage_logs(client, parent_id: str) -> None:
+    logs = log_dir(parent_id)
+    if logs.is_dir() and any(logs.iterdir()):
+        client.log_artifacts(parent_id, str(logs), tracking.ARTIFACT_MAIN_LOGS)
+
+
+def ui_hint() -> str:
+    uri = tracking.tracking_uri()
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     import mlflow
 
-    from reverse_align.data.invert import run_invert
-    from reverse_align.data.stage import run_data
-
     rerun = str(force).lower() in ("1", "true", "yes")
+    seed_list = parse_seeds(seeds, cfg)
+    if cfg.main.jobs < 1:
+        raise UserError(f"main.jobs={cfg.main.jobs}: need at least 1 stage at a time")
     tracking.setup()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment_name())
+    # Under `mlflow run` the stages must start their own runs, never take over the launcher's.
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     parent = client.create_run(
         experiment.experiment_id,
         tags={tracking.TAG_STAGE: STAGE, tracking.TAG_PRESET: cfg.preset},
         run_name=f"main-{cfg.preset}",
     )
     parent_id = parent.info.run_id
+    if launcher:
+        client.set_tag(launcher, tracking.TAG_MOVED_TO, parent_id)
+    client.log_param(parent_id, "main.seeds", ",".join(map(str, seed_list)))
+    client.log_param(parent_id, "main.jobs", cfg.main.jobs)
     os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
-    done: dict[str, str] = {}
+    record = {"preset": cfg.preset, "seeds": seed_list, "runs": {}, "champion": {}, "seconds": {}, "reused": []}
+    started = time.perf_counter()
 
-    def step(key: str, stage: str, launch, tags=None, params=None, without_tag=None) -> str:
-        run_id = None if rerun else find_finished(stage, cfg, tags, params, without_tag)
-        if run_id:
-            print(f"[main] {key}: reusing finished run {run_id}")
+    def on_done(key: str, outcome: Outcome) -> None:
+        if key == "promote":
+            record["champion"] = champion()
         else:
-            print(f"[main] {key}: running")
-            run_id = launch()
-        done[key] = run_id
-        client.set_tag(parent_id, tracking.tag_upstream(key), run_id)
-        return run_id
+            record["runs"][key] = outcome.run_id
+            client.set_tag(parent_id, tracking.tag_upstream(key), outcome.run_id)
+        record["seconds"][key] = round(outcome.seconds, 1)
+        if outcome.reused:
+            record["reused"].append(key)
+        client.log_dict(parent_id, record, tracking.ARTIFACT_MAIN_STAGES)
 
     try:
         if cfg.model.name == TINY_BASE:
-            from reverse_align.models import find_tiny_base
-            from reverse_align.train.pretrain import run_pretrain
-
-            version = find_tiny_base(cfg)
-            if version is None or rerun:
-                done["pretrain"] = run_pretrain(cfg, force="true" if rerun else "false")
-            else:
-                print(f"[main] pretrain: reusing {version.name} version {version.version}")
-            # The weights the whole study starts from (the run that registered them).
-            pretrain_id = tracking.base_model_upstream(cfg, STAGE).get("pretrain")
-            if pretrain_id:
-                client.set_tag(parent_id, tracking.tag_upstream("pretrain"), pretrain_id)
-        data_id = step("data", "data", lambda: run_data(cfg), params={"data.source": cfg.data.source, "data.seed": str(cfg.data.seed)})
-        invert_id = step(
-            "invert", "invert", lambda: run_invert(cfg, data_run_id=data_id), tags={tracking.tag_upstream("data"): data_id}
-        )
-        sft_ids: dict[str, str] = {}
-        if _stage_available("reverse_align.train.sft"):
-            from reverse_align.train.sft import run_sft
-
-            for mix in SFT_MIXES:
-                sft_ids[mix] = step(
-                    f"sft.{mix}", "sft", lambda mix=mix: run_sft(cfg, data_run_id=invert_id, mix=mix),
-                    tags={tracking.tag_upstream("invert"): invert_id}, params={"sft.mix": mix},
-                )
-        if _stage_available("reverse_align.train.dpo") and sft_ids:
-            from reverse_align.train.dpo import run_dpo
-
-            for mix in DPO_ON:
-                step(
-                    f"dpo.{mix}", "dpo",
-                    lambda mix=mix: run_dpo(cfg, sft_run_id=sft_ids[mix], data_run_id=invert_id),
-                    tags={tracking.tag_upstream("sft"): sft_ids[mix]},
-                )
-            step(
-                "dpo.direct", "dpo", lambda: run_dpo(cfg, sft_run_id="", data_run_id=invert_id),
-                tags={tracking.tag_upstream("invert"): invert_id}, without_tag=tracking.tag_upstream("sft"),
-            )
+            pretrain_base(cfg, rerun, client, parent_id, record)
+        run_graph(plan(cfg, seed_list, parent_id), cfg.main.jobs, log_dir(parent_id), on_done, rerun=rerun)
     except BaseException as exc:
         client.set_tag(parent_id, tracking.TAG_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(parent_id, "FAILED")
+        client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
+        if launcher:
+            os.environ["MLFLOW_RUN_ID"] = launcher
+        _log_stage_logs(client, parent_id)
+    seconds = time.perf_counter() - started
+    client.log_metric(parent_id, tracking.METRIC_MAIN_SECONDS, seconds)
     client.set_terminated(parent_id, "FINISHED")
-    print(f"[main] study finished: run {parent_id}; " + ", ".join(f"{k}={v}" for k, v in done.items()))
+    print(f"[main] study finished in {seconds:.0f} s: run {parent_id}")
+    report = Path("reports") / tracking.experiment_name() / "report.md"
+    if report.is_file():
+        print(f"[main] report: {report.resolve()}")
+    print(f"[main] browse the runs: {ui_hint()}  (then open http://127.0.0.1:5000)")
     return parent_id

@@ -175,6 +175,7 @@ def make_objective(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: st
         trial_cfg.dpo.beta = beta
         reporter = checkpoint_reporter(trial_cfg, trial, data_run_id) if cfg.sweep.objective == "exact_match" else None
         before = mlflow.last_active_run()
+        outer = os.environ.get(tracking.ENV_PARENT_RUN_ID)  # `main`'s run, when the sweep is one of its stages
         os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
         try:
             print(f"[sweep] trial {trial.number}: beta {beta:g}")
@@ -183,7 +184,10 @@ def make_objective(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: st
                 callbacks=[trial_run_recorder(trial), *([reporter] if reporter else [])],
             )  # fmt: skip
         finally:
-            os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
+            if outer is None:
+                os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
+            else:
+                os.environ[tracking.ENV_PARENT_RUN_ID] = outer
             _tag_trial_run(trial, name, before)
         final = reporter.scored.get(trial_cfg.dpo.max_steps) if reporter else None  # last checkpoint = final adapter
         value = objective_value(trial_cfg, cfg.sweep.objective, dpo_run_id, data_run_id, scored=final)
@@ -310,15 +314,22 @@ def parent_run(cfg: Config, study, sft_run_id: str, data_run_id: str) -> str:
         except mlflow.exceptions.MlflowException:
             pass  # deleted: make a new one
     experiment = client.get_experiment_by_name(tracking.experiment_name())
+    on = f"on-{tracking._name_of(sft_run_id)}" if sft_run_id else "direct"
     tags = {
         tracking.TAG_STAGE: STAGE,
         tracking.TAG_PRESET: cfg.preset,
+        # What `main` matches to reuse a finished sweep (a stage run's tag; the sweep's parent is made here).
+        tracking.TAG_CONFIG_HASH: tracking.config_hash(cfg, STAGE),
         tracking.tag_upstream("invert"): data_run_id,
         tracking.TAG_SWEEP_STUDY: study.study_name,
-        "mlflow.runName": f"sweep-{study.study_name}",
+        tracking.TAG_RUN_NAME: f"sweep-beta-{on}",
     }
+    tags.update({tracking.tag_upstream(k): v for k, v in tracking.base_model_upstream(cfg, STAGE).items()})
     if sft_run_id:
         tags[tracking.tag_upstream("sft")] = sft_run_id
+    main_run = os.environ.get(tracking.ENV_PARENT_RUN_ID)
+    if main_run:
+        tags["mlflow.parentRunId"] = main_run
     parent = client.create_run(experiment.experiment_id, tags=tags)
     parent_id = parent.info.run_id
     params = {k: tracking._param_value(v) for k, v in cfg.flat().items() if k.startswith(("sweep.", "dpo.", "preset"))}

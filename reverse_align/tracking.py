@@ -74,6 +74,12 @@ ARTIFACT_MIX = "mix/composition.json"
 ARTIFACT_ALP_ITEMS = "alp/items.json"
 ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
 
+# main: the study's stage map ({"runs": {key: run id}, "seconds", "reused", "champion", "seeds"}), which
+# the report reads, each side-by-side stage's console output, and the study's wall time.
+ARTIFACT_MAIN_STAGES = "main/stages.json"
+ARTIFACT_MAIN_LOGS = "main/logs"
+METRIC_MAIN_SECONDS = "main/seconds"
+
 # Model Registry (promote): adapters under one name, the best one under an alias.
 MODEL_ADAPTER = "reverse-align-adapter"
 ALIAS_CHAMPION = "champion"
@@ -185,6 +191,8 @@ def metric_eval(benchmark: str, name: str) -> str:
 # (eval/samples/<benchmark>.json: id, sample, response, extracted, gold, correct, status), lm-eval's results JSON.
 SYNTHETIC_TEST_ARTIFACTS = {f"synthetic_{name}": artifact for name, artifact in SYNTHETIC_TESTS.items()}
 ARTIFACT_EVAL_SAMPLES = "eval/samples"
+# On an evaluated sft/dpo run: its newest evaluate run, whose eval/<benchmark>/accuracy and eval/average it carries.
+TAG_EVAL_RUN = "reverse_align.eval_run"
 ARTIFACT_EVAL_RESULTS = "eval/lm_eval_results.json"
 # evaluate params beyond the config: sha256 (12 hex) of each shipped task file and of the questions scored.
 PARAM_EVAL_TASK_SHA = "eval.task_sha"
@@ -357,6 +365,10 @@ STAGE_CONFIG_SECTIONS = {
     ),  # fmt: skip
     "sft": (*_BASE, "lora", "sft", "eval"),
     "dpo": (*_BASE, "lora", "dpo", "eval"),
+    "evaluate": (*_BASE, "eval"),
+    # The probe trains with settings derived from sft and dpo (probe.stage.training_config).
+    "probe": (*_BASE, "lora", "sft", "dpo", "probe", "eval"),
+    "sweep": (*_BASE, "lora", "dpo", "eval", "sweep"),
 }
 
 

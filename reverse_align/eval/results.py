@@ -90,6 +90,23 @@ def log(results: dict, rows: dict[str, list[dict]], metrics: dict) -> None:
     mlflow.log_text(json.dumps(summary, indent=2, default=handle_non_serializable), tracking.ARTIFACT_EVAL_RESULTS)
 
 
+def copy_to_evaluated(evaluated_id: str, eval_id: str, metrics: dict, benchmarks: list[str]) -> None:
+    """The accuracies and average onto the adapter's own run too, so that runs compare (and `promote`
+    ranks them) by score in the MLflow UI; the tag names the evaluate run they come from."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    names = [tracking.metric_eval_accuracy(b) for b in benchmarks] + [tracking.METRIC_EVAL_AVERAGE]
+    mlflow.MlflowClient().log_batch(
+        evaluated_id,
+        metrics=[Metric(name, float(metrics[name]), now, 0) for name in names],
+        tags=[RunTag(tracking.TAG_EVAL_RUN, eval_id)],
+    )
+
+
 def summary_table(metrics: dict, benchmarks: list[str]) -> str:
     lines = [f"{'benchmark':20s} {'accuracy':>8s}  {'95% interval':>15s}  {'unparsed':>8s}  {'answers':>7s}"]
     for b in benchmarks:

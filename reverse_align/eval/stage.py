@@ -129,7 +129,7 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
     for name in names:
         params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"] = task_sha(name)
         params[f"{tracking.PARAM_EVAL_DATA_SHA}.{name}"] = bench.write_docs(docs[name], docs_dir / f"{name}.jsonl")
-    upstream = {"pretrain": "" if evaluated else _base_run_id(cfg)}
+    upstream = {} if evaluated else {"pretrain": _base_run_id(cfg)}  # an adapter's base is tagged by stage_run
     if evaluated is not None:
         upstream[evaluated.data.tags[tracking.TAG_STAGE]] = run_id
     if data_run_id:
@@ -154,6 +154,8 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
             )
         metrics[tracking.METRIC_EVAL_AVERAGE] = results.average(metrics, names)
         results.log(output, rows, metrics)
+        if evaluated is not None:
+            results.copy_to_evaluated(run_id, run.info.run_id, metrics, names)
         what = f"{evaluated.data.tags[tracking.TAG_STAGE]} run {run_id}" if evaluated else "the base model"
         print(f"evaluate run {run.info.run_id}: {what}\n{results.summary_table(metrics, names)}")
         if judge is not None:

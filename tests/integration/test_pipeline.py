@@ -1,49 +1,110 @@
-"""`main` chains every stage on a preset and reuses finished runs the second time."""
+"""`main` chains every stage of the study on a preset and reuses finished runs the second time."""
+
+import json
+
+import pytest
 
 from reverse_align import tracking
 from reverse_align.config import load_config
+from reverse_align.errors import UserError
 from reverse_align.pipeline import run_main
 
+OVERRIDES = ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline",
+             "sft.exact_match_limit=0", "eval.max_new_tokens=16", "probe.sft_epochs=2", "probe.dpo_epochs=1"]  # fmt: skip
+TRAINED = {f"sft.{m}.seed{s}" for m in ("forward", "reverse", "mixed", "mixed_half") for s in (0, 1)} | {
+    f"dpo.{on}.seed{s}" for on in ("forward", "reverse", "mixed", "direct") for s in (0, 1)
+}
+STUDY = {"pretrain", "data", "invert", "sweep", "eval.base"} | TRAINED | {f"eval.{k}" for k in TRAINED} | {
+    f"probe.{on}" for on in ("forward", "reverse", "mixed")
+}
 
-def test_main_runs_the_study_then_reuses_it(micro_base, client, capsys):
-    overrides = ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline", "sft.exact_match_limit=0"]
-    cfg = load_config("micro", overrides)
-    first = run_main(cfg)
+
+@pytest.fixture()
+def study_experiment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "reverse-align-pipeline")
+
+
+def stage_map(client, run_id: str) -> dict:
+    with open(client.download_artifacts(run_id, tracking.ARTIFACT_MAIN_STAGES)) as f:
+        return json.load(f)
+
+
+def test_main_runs_the_whole_study_side_by_side_then_reuses_it(micro_base, client, capsys, study_experiment):
+    cfg = load_config("micro", [*OVERRIDES, "main.jobs=2"])
+    first = run_main(cfg, seeds="2")
     parent = client.get_run(first)
     assert parent.info.status == "FINISHED"
-    keys = {k.removeprefix(tracking.TAG_UPSTREAM_PREFIX) for k in parent.data.tags if k.startswith(tracking.TAG_UPSTREAM_PREFIX)}
-    assert keys == {"pretrain", "data", "invert", "sft.forward", "sft.reverse", "sft.mixed", "sft.mixed_half",
-                    "dpo.forward", "dpo.reverse", "dpo.mixed", "dpo.direct"}
-    pretrain = parent.data.tags[tracking.tag_upstream("pretrain")]
+    record = stage_map(client, first)
+    assert set(record["runs"]) == STUDY
+    assert record["seeds"] == [0, 1] and not record["reused"][1:]
+    tags = {k.removeprefix(tracking.TAG_UPSTREAM_PREFIX): v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_UPSTREAM_PREFIX)}
+    assert tags == record["runs"]
+    pretrain = record["runs"]["pretrain"]
     assert client.get_run(pretrain).data.tags[tracking.TAG_STAGE] == "pretrain"
-    keys.discard("pretrain")
-    children = {k: parent.data.tags[tracking.tag_upstream(k)] for k in keys}
+    children = {k: v for k, v in record["runs"].items() if k != "pretrain"}
     for key, run_id in children.items():
         child = client.get_run(run_id)
         assert child.info.status == "FINISHED", key
-        assert child.data.tags["mlflow.parentRunId"] == first
+        assert child.data.tags["mlflow.parentRunId"] == first, key
         # Lineage down to the weights: every run carries the tiny base model's pretrain run.
         assert child.data.tags[tracking.tag_upstream("pretrain")] == pretrain, key
-    assert client.get_run(children["dpo.mixed"]).data.tags[tracking.tag_upstream("sft")] == children["sft.mixed"]
-    assert tracking.tag_upstream("sft") not in client.get_run(children["dpo.direct"]).data.tags
+        assert record["seconds"][key] > 0, key
+    runs = record["runs"]
+    assert client.get_run(runs["dpo.mixed.seed0"]).data.tags[tracking.tag_upstream("sft")] == runs["sft.mixed.seed0"]
+    assert tracking.tag_upstream("sft") not in client.get_run(runs["dpo.direct.seed0"]).data.tags
+    assert client.get_run(runs["sweep"]).data.tags[tracking.tag_upstream("sft")] == runs["sft.mixed.seed0"]
+    for key in TRAINED:  # each adapter run carries its evaluation, which promote ranks
+        trained, evaluation = client.get_run(runs[key]), client.get_run(runs[f"eval.{key}"])
+        assert trained.data.tags[tracking.TAG_EVAL_RUN] == runs[f"eval.{key}"]
+        assert trained.data.metrics[tracking.METRIC_EVAL_AVERAGE] == evaluation.data.metrics[tracking.METRIC_EVAL_AVERAGE]
+        assert evaluation.data.tags[tracking.tag_upstream(key.split(".")[0])] == runs[key]
+    champion = record["champion"]
+    assert client.get_run(runs["sft.reverse.seed1"]).data.params["sft.seed"] == "1"
+    assert client.get_run(runs["dpo.mixed.seed1"]).data.params["dpo.seed"] == "1"
+    assert champion["alias"] == tracking.ALIAS_CHAMPION and champion["run_id"] in {runs[k] for k in TRAINED}
     # The MLflow UI lists each run by what it is.
     names = {key: client.get_run(run_id).info.run_name for key, run_id in children.items()}
-    assert names == {
-        "data": "data-synthetic", "invert": "invert-synthetic",
-        "sft.forward": "sft-forward", "sft.reverse": "sft-reverse", "sft.mixed": "sft-mixed",
-        "sft.mixed_half": "sft-mixed_half", "dpo.forward": "dpo-beta0.6-on-sft-forward",
-        "dpo.reverse": "dpo-beta0.6-on-sft-reverse", "dpo.mixed": "dpo-beta0.6-on-sft-mixed", "dpo.direct": "dpo-beta0.6-direct",
+    assert {k: names[k] for k in ("data", "invert", "sft.mixed_half.seed0", "dpo.reverse.seed0", "dpo.direct.seed0",
+                                  "eval.base", "eval.dpo.mixed.seed0", "probe.reverse", "sweep")} == {
+        "data": "data-synthetic", "invert": "invert-synthetic", "sft.mixed_half.seed0": "sft-mixed_half",
+        "dpo.reverse.seed0": "dpo-beta0.6-on-sft-reverse", "dpo.direct.seed0": "dpo-beta0.6-direct",
+        "eval.base": "eval-base", "eval.dpo.mixed.seed0": "eval-dpo-beta0.6-on-sft-mixed",
+        "probe.reverse": "probe-reverse", "sweep": "sweep-beta-on-sft-mixed",
     }  # fmt: skip
     assert parent.info.run_name == "main-micro"
+    logs = {a.path for a in client.list_artifacts(first, tracking.ARTIFACT_MAIN_LOGS)}
+    assert f"{tracking.ARTIFACT_MAIN_LOGS}/sft.forward.seed0.log" in logs
 
     capsys.readouterr()
-    second = client.get_run(run_main(cfg))
+    second = run_main(cfg, seeds="0,1")
     assert "reusing finished run" in capsys.readouterr().out
-    assert {k: second.data.tags[tracking.tag_upstream(k)] for k in keys} == children
+    again = stage_map(client, second)
+    assert again["runs"] == record["runs"]
+    assert set(again["reused"]) == STUDY  # all but promote (and report), which always run
 
     # A changed SFT setting reruns SFT and what depends on it, never the data or the (paid) inversion.
-    changed = load_config("micro", [*overrides, "sft.learning_rate=1e-4"])
-    third = client.get_run(run_main(changed))
-    rerun = {k: third.data.tags[tracking.tag_upstream(k)] for k in keys}
-    assert {k for k in keys if rerun[k] == children[k]} == {"data", "invert", "dpo.direct"}
-    assert client.get_run(rerun["sft.forward"]).data.params["sft.learning_rate"] == "0.0001"
+    changed = load_config("micro", [*OVERRIDES, "sft.learning_rate=1e-4"])
+    rerun = stage_map(client, run_main(changed, seeds="2"))["runs"]
+    kept = {k for k in STUDY if rerun[k] == runs[k]}
+    assert kept == {"pretrain", "data", "invert", "eval.base"} | {f"{e}dpo.direct.seed{s}" for e in ("", "eval.") for s in (0, 1)}
+    assert client.get_run(rerun["sft.forward.seed0"]).data.params["sft.learning_rate"] == "0.0001"
+
+
+def test_a_failure_names_its_stage_and_the_rerun_continues_from_it(micro_base, client, study_experiment):
+    # One stage at a time (in this process); beta_low > beta_high: the sweep refuses.
+    cfg = load_config("micro", [*OVERRIDES, "main.jobs=1", "sweep.beta_low=0.9"])
+    with pytest.raises(UserError, match=r"^stage sweep: sweep beta range"):
+        run_main(cfg, seeds="1")
+    failed = client.search_runs(
+        [client.get_experiment_by_name("reverse-align-pipeline").experiment_id],
+        f"tags.`{tracking.TAG_STAGE}` = 'main' and attributes.status = 'FAILED'",
+    )[0]
+    assert failed.data.tags[tracking.TAG_ERROR].startswith("UserError: stage sweep")
+    done = stage_map(client, failed.info.run_id)["runs"]
+    assert {"data", "invert", "sft.mixed.seed1"} <= set(done) and "dpo.mixed.seed1" not in done
+    assert client.get_run(done["sft.mixed.seed1"]).data.params["sft.seed"] == "1"
+    # Fixed (a two-point grid), the rerun continues from the failed stage: what was done is reused.
+    record = stage_map(client, run_main(load_config("micro", [*OVERRIDES, "main.jobs=1", "sweep.grid_step=0.7"]), seeds="1"))
+    assert {k for k in done if k != "pretrain"} <= set(record["reused"])
+    assert "sweep" not in record["reused"] and record["runs"]["sweep"] != done.get("sweep")
+    assert set(record["runs"]) == STUDY
