@@ -99,6 +99,7 @@ METRIC_SWEEP_OBJECTIVE = "sweep/objective"
 ARTIFACT_MAIN_STAGES = "main/stages.json"
 # MLflow's own run-description tag (the UI's "Description"): `report` writes its tables into the main run's.
 TAG_NOTE = "mlflow.note.content"
+NOTE_MAX_CHARS = 8000  # MLflow's tag value limit (mlflow.utils.validation.MAX_TAG_VAL_LENGTH); longer is cut
 
 # report: report.md and its PNGs are logged at the report run's root as they lie on disk
 # (reports/<experiment>/report.md, figure2_<kind>.png, the sweep's objective-vs-beta PNG, figures/ui/*.png);

@@ -52,8 +52,8 @@ def paired_results(study: Study, benchmarks: list[str], resamples: int, seed: in
     return results
 
 
-def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]) -> tuple[str, str, dict]:
-    """(report markdown, the same without images, paired results). Writes the PNGs into ``out_dir``."""
+def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]) -> tuple[str, list[str], dict]:
+    """(report markdown, its parts without images for the main run's note, paired results). Writes the PNGs."""
     size = paper.size_for(study.preset, cfg.report.paper_size)
     benchmarks = study.benchmarks()
     columns = [*benchmarks, tables.AVERAGE]
@@ -111,8 +111,23 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
     )
     sections.append(("Runs used", tables.runs_table(study), None))
     full = head + [f"## {title}\n\n{text}" + (f"\n\n{images}" if images else "") for title, text, images in sections]
-    plain = head + [f"## {title}\n\n{text}" for title, text, _ in sections]
-    return "\n\n".join(full) + "\n", "\n\n".join(plain) + "\n", paired
+    # The note leaves out the run list (the main run tags its stage runs) and the screenshots.
+    plain = head + [f"## {title}\n\n{text}" for title, text, _ in sections if title not in ("Runs used", "MLflow UI")]
+    return "\n\n".join(full) + "\n", plain, paired
+
+
+def note(parts: list[str], report_run_id: str, limit: int = tracking.NOTE_MAX_CHARS) -> str:
+    """The main run's description: whole parts while they fit MLflow's limit, then where the rest is."""
+    tail = f"\n\nFull report: artifact `{tracking.ARTIFACT_REPORT}` of report run `{report_run_id}`.\n"
+    cut_tail = "\n\n(cut to fit the run description)" + tail
+    if len("\n\n".join(parts)) + len(tail) <= limit:
+        return "\n\n".join(parts) + tail
+    kept: list[str] = []
+    for part in parts:
+        if len("\n\n".join([*kept, part])) + len(cut_tail) > limit:
+            break
+        kept.append(part)
+    return "\n\n".join(kept) + cut_tail
 
 
 @contextlib.contextmanager
@@ -172,6 +187,6 @@ def run_report(cfg: Config, experiment: str = "", output: str = "reports", main_
                 mlflow.log_metrics(
                     {tracking.metric_report_paired(benchmark, k): v for k, v in _paired_metrics(result).items()}
                 )
-        mlflow.MlflowClient().set_tag(study.main_run_id, tracking.TAG_NOTE, plain)
+        mlflow.MlflowClient().set_tag(study.main_run_id, tracking.TAG_NOTE, note(plain, run.info.run_id))
         print(f"report: {out_dir / tracking.ARTIFACT_REPORT} (run {run.info.run_id}, main run {study.main_run_id})")
     return run.info.run_id

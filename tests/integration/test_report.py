@@ -21,7 +21,7 @@ from reverse_align import cli, tracking
 from reverse_align.config import load_config
 from reverse_align.errors import UserError
 from reverse_align.report import assets
-from reverse_align.report.stage import run_report, study_preset
+from reverse_align.report.stage import note, run_report, study_preset
 
 CELL = re.compile(
     r"^(?P<mean>missing|-?\d+\.\d)(?: ± (?P<sd>\d+\.\d))?(?: \(Δ (?P<change>[+-]\d+\.\d)\))?"
@@ -102,6 +102,8 @@ def test_cli_report_writes_and_logs(whole, client):
     } <= logged_files
     note = client.get_run(logged.main_run_id).data.tags[tracking.TAG_NOTE]
     assert "## Table 1: SFT by data mix" in note and "## Table 2" in note and "![" not in note
+    assert "## Runs used" not in note and note.endswith(f"report run `{report_run.info.run_id}`.\n")
+    assert len(note) <= tracking.NOTE_MAX_CHARS
     # The paired difference is logged as metrics too.
     assert tracking.metric_report_paired("synthetic_forward", "diff") in report_run.data.metrics
 
@@ -261,6 +263,14 @@ def test_screenshots_setting(tmp_path, monkeypatch, client):
     assert "![runs](figures/ui/runs.png)" in (out_dir / "report.md").read_text()
     assert (out_dir / "figures" / "ui" / "args.txt").read_text() == "report-shots reverse-align-adapter"
     assert "figures/ui/runs.png" in {a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_UI_SCREENSHOTS)}
+
+
+def test_note_keeps_whole_parts_within_the_limit():
+    parts = ["# title", "## A\n\n" + "a" * 50, "## B\n\n" + "b" * 50]
+    whole = note(parts, "RUN", limit=1000)
+    assert whole.startswith("# title\n\n## A") and "## B" in whole and "cut" not in whole
+    cut = note(parts, "RUN", limit=170)
+    assert "## A" in cut and "## B" not in cut and "(cut to fit the run description)" in cut and len(cut) <= 170
 
 
 def test_report_is_an_mlproject_entry_point_with_the_cli_params():
