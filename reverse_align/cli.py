@@ -32,6 +32,9 @@ class Stage:
     target: str  # "module:function"
     help: str
     params: tuple[Param, ...] = field(default_factory=tuple)
+    # "module:function" giving the preset to load from the parsed arguments when --preset is empty
+    # (report: the preset its study ran on). Empty: --preset defaults to tiny, as everywhere else.
+    default_preset: str = ""
 
 
 PRESET = Param("preset", "preset name (configs/<name>.yaml) or a YAML path", default="tiny")
@@ -162,6 +165,18 @@ STAGES: dict[str, Stage] = {
             Param("run_id", "promote this run instead of searching"),
         ),
     ),
+    "report": Stage(
+        "reverse_align.report.stage:run_report",
+        "the paper's tables, Figure 2, the sweep and the champion from a study's runs (reports/<experiment>/report.md)",
+        (
+            Param("experiment", "experiment of the study (default: MLFLOW_EXPERIMENT_NAME or reverse-align)"),
+            Param("output", "folder for <experiment>/report.md and its PNGs", default="reports"),
+            Param("main_run_id", "the main run to report (default: the newest with main/stages.json)"),
+            Param("preset", "preset whose report: section applies (default: the study's, from main/stages.json)"),
+            Param("screenshots", "MLflow UI screenshots: auto, true or false", config="report.screenshots"),
+        ),
+        default_preset="reverse_align.report.stage:study_preset",
+    ),
 }
 
 
@@ -193,7 +208,9 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
     args = vars(make_parser(stage_name).parse_args(argv))
     overrides = [item for chunk in args.pop("overrides") for item in chunk.split()]
     # --preset names the config to load, except where a stage declares its own --preset (promote: a filter).
-    preset = args.pop("preset", "") if PRESET in stage.params else ""
+    preset = args.pop("preset", "") if PRESET in stage.params or stage.default_preset else ""
+    if not preset and stage.default_preset:
+        preset = _function(stage.default_preset)(args)
     cfg = load_config(preset or "tiny", overrides)
     kwargs = {}
     for param in stage.params:
@@ -207,9 +224,13 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
             kwargs[param.name] = value
     # Before any MLflow run exists: everything the config needs from this machine, at once.
     preflight.check(cfg, stage_name)
-    module_name, func_name = stage.target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    func(cfg, **kwargs)
+    _function(stage.target)(cfg, **kwargs)
+
+
+def _function(target: str):
+    """The function a ``module:function`` string names."""
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -337,6 +337,20 @@ class MainConfig:
 
 
 @dataclass
+class ReportConfig:
+    # MLflow UI screenshots in the report (reverse_align/ui_screenshots.py: a local mlflow server + headless
+    # Chromium): "auto" = when that module imports and chromium is on PATH; "true" = required; "false" = never.
+    screenshots: str = "auto"
+    # Resamples of the paired bootstrap (seeds, then questions) behind the reverse - forward interval.
+    bootstrap_resamples: int = 2000
+    # Seed of that bootstrap: the same runs give the same interval.
+    seed: int = 0
+    # Model size of the paper's published numbers set beside each cell (3b, 7b or 14b, PROTOCOL §6);
+    # "" = from the study's preset name (paper-7b -> 7b); "none" = no published column.
+    paper_size: str = ""
+
+
+@dataclass
 class Config:
     preset: str = DEFAULT_PRESET
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -351,6 +365,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     main: MainConfig = field(default_factory=MainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def flat(self) -> dict[str, Any]:
         """``section.field -> value`` for every field, for MLflow params."""

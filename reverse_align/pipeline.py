@@ -169,10 +169,10 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
          "where": Ref("invert", f"tags.`{up('invert')}` = '{{}}'")},
         after=tuple(evaluated),
     ))  # fmt: skip
-    if stage_available("reverse_align.report"):
+    if stage_available("reverse_align.report.stage"):
         everything = tuple(job.key for job in jobs)
         jobs.append(Job(
-            "report", "reverse_align.report:run_report", cfg,
+            "report", "reverse_align.report.stage:run_report", cfg,
             {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=everything,
         ))  # fmt: skip
     return jobs

@@ -74,9 +74,7 @@ ARTIFACT_MIX = "mix/composition.json"
 ARTIFACT_ALP_ITEMS = "alp/items.json"
 ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
 
-# main: the study's stage map ({"runs": {key: run id}, "seconds", "reused", "champion", "seeds"}), which
-# the report reads, each side-by-side stage's console output, and the study's wall time.
-ARTIFACT_MAIN_STAGES = "main/stages.json"
+# main: each side-by-side stage's console output (main/logs/<key>.log) and the study's wall time.
 ARTIFACT_MAIN_LOGS = "main/logs"
 METRIC_MAIN_SECONDS = "main/seconds"
 
@@ -98,6 +96,28 @@ ARTIFACT_SWEEP_DIR = "sweep"  # sweep/trials.csv
 METRIC_SWEEP_BEST_BETA = "sweep/best_beta"
 METRIC_SWEEP_BEST_VALUE = "sweep/best_value"
 METRIC_SWEEP_OBJECTIVE = "sweep/objective"
+
+
+# main: the study's run ids by role, re-logged by the `main` parent run as it proceeds (see reverse_align/report):
+# {"preset", "seeds", "runs": {"sft.<mix>.seed<s>": id, "eval.base": id, ...}, "champion", "seconds", "reused"}.
+ARTIFACT_MAIN_STAGES = "main/stages.json"
+# MLflow's own run-description tag (the UI's "Description"): `report` writes its tables into the main run's.
+TAG_NOTE = "mlflow.note.content"
+NOTE_MAX_CHARS = 8000  # MLflow's tag value limit (mlflow.utils.validation.MAX_TAG_VAL_LENGTH); longer is cut
+
+# report: report.md and its PNGs are logged at the report run's root as they lie on disk
+# (reports/<experiment>/report.md, figure2_<kind>.png, the sweep's objective-vs-beta PNG, figures/ui/*.png);
+# the MLflow UI screenshots under figures/ui/. Tags: the main run reported and the study's preset.
+ARTIFACT_REPORT = "report.md"
+REPORT_FIGURES = {kind: f"figure2_{kind}.png" for kind in ("pos", "neg", "margin")}
+ARTIFACT_UI_SCREENSHOTS = "figures/ui"
+# report metrics: the headline paired difference reverse SFT - forward SFT (accuracy, fraction) per benchmark.
+METRIC_REPORT_PREFIX = "report/"
+
+
+def metric_report_paired(benchmark: str, name: str) -> str:
+    """``report/reverse_minus_forward/<benchmark>/<diff|ci_low|ci_high>``."""
+    return f"{METRIC_REPORT_PREFIX}reverse_minus_forward/{benchmark}/{name}"
 
 
 def metric_sweep_exact_match(direction: str) -> str:

@@ -1,0 +1,192 @@
+"""``reverse-align report --experiment <name> [--output reports] [--main_run_id <id>]``.
+
+Reads the study the `main` run recorded (``main/stages.json``), writes
+``<output>/<experiment>/report.md`` with its PNGs, logs that folder to a new `report` run
+(tag ``reverse_align.upstream.main``; the child of ``REVERSE_ALIGN_PARENT_RUN_ID`` when set),
+and writes the tables (no images) into the main run's description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from reverse_align import tracking
+from reverse_align.config import Config, preset_path
+from reverse_align.errors import UserError
+from reverse_align.report import assets, paper, summary, tables
+from reverse_align.report.paired import Paired, paired_difference, per_question
+from reverse_align.report.study import Study, find_main_run
+
+STAGE = "report"
+
+
+def study_preset(args: dict) -> str:
+    """The preset the study ran on (its main run's stages.json), for ``--preset`` left empty."""
+    experiment = args.get("experiment") or tracking.experiment_name()
+    _, stages = find_main_run(experiment, args.get("main_run_id", ""))
+    preset = str(stages.get("preset") or "")
+    try:
+        preset_path(preset)
+    except UserError:
+        return "tiny"  # a preset this checkout does not know: the report: section of the default
+    return preset
+
+
+def paired_results(study: Study, benchmarks: list[str], resamples: int, seed: int) -> dict[str, Paired | None]:
+    """reverse - forward SFT per benchmark and over all of them (``average``), from the per-sample tables."""
+    pairs = {}
+    for benchmark in benchmarks:
+        rev, fwd = {}, {}
+        for s in study.seeds:
+            a = study.samples(f"eval.sft.reverse.seed{s}", benchmark)
+            b = study.samples(f"eval.sft.forward.seed{s}", benchmark)
+            if a and b:
+                rev[s], fwd[s] = per_question(a), per_question(b)
+        pairs[benchmark] = (rev, fwd)
+    results = {b: paired_difference([pairs[b]], resamples, seed) for b in benchmarks}
+    usable = [pairs[b] for b in benchmarks if results[b] is not None]
+    results[tables.AVERAGE] = paired_difference(usable, resamples, seed) if usable else None
+    return results
+
+
+def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]) -> tuple[str, list[str], dict]:
+    """(report markdown, its parts without images for the main run's note, paired results). Writes the PNGs."""
+    size = paper.size_for(study.preset, cfg.report.paper_size)
+    benchmarks = study.benchmarks()
+    columns = [*benchmarks, tables.AVERAGE]
+    paired = paired_results(study, benchmarks, cfg.report.bootstrap_resamples, cfg.report.seed)
+    figure_paths = assets.figure2(study, out_dir)
+    sweep_png = assets.sweep_figure(study, out_dir)
+    published = f"; the paper's numbers (PROTOCOL §6, {size}) beside each cell" if size else ""
+    head = [
+        f"# reverse-align report: {study.preset or 'unknown preset'}",
+        (
+            f"Main run `{study.main_run_id}`, seeds {', '.join(map(str, study.seeds))}{published}. "
+            "Accuracies in percent, mean ± sd over seeds; every number is a logged metric of the runs listed at the end."
+        ),
+        summary.opening(study, paired[tables.AVERAGE]),
+    ]
+    sections = [
+        ("Table 1: SFT by data mix", tables.sft_table(study, columns, size), None),
+        (
+            "Reverse minus forward SFT (paired)",
+            "Seed s of r1k against seed s of s1k on the same questions; 95% interval from "
+            f"{cfg.report.bootstrap_resamples} bootstrap resamples of seeds then questions (seed {cfg.report.seed}).\n\n"
+            + tables.paired_table(paired),
+            None,
+        ),
+        ("Table 2: DPO on the SFT models", tables.dpo_table(study, columns, size), None),
+        ("Table 4: direct DPO (no SFT)", tables.direct_table(study, columns, size), None),
+    ]
+    figure_md = "\n\n".join(f"![Figure 2 {kind}]({p.name})" for kind, p in figure_paths.items())
+    sections.append(
+        ("Figure 2: ALP learning dynamics", assets.margin_line(study), figure_md or "Probe runs missing: no Figure 2.")
+    )
+    best_beta = study.metric("sweep", tracking.METRIC_SWEEP_BEST_BETA)
+    best_value = study.metric("sweep", tracking.METRIC_SWEEP_BEST_VALUE)
+    sweep_text = (
+        "Sweep run missing."
+        if study.run("sweep") is None
+        else (
+            f"Sweep run `{study.keys['sweep']}`: best beta {best_beta:g}, objective {best_value:.4g}."
+            if best_beta is not None and best_value is not None
+            else f"Sweep run `{study.keys['sweep']}` has no best beta logged."
+        )
+    )
+    sections.append(("DPO beta sweep", sweep_text, f"![objective vs beta]({sweep_png.name})" if sweep_png else None))
+    champion = study.stages.get("champion")
+    sections.append(
+        ("Champion", tables.champion_table(champion) if isinstance(champion, dict) else "No champion recorded.", None)
+    )
+    sections.append(("Stage wall times", tables.times_table(study), None))
+    if screenshot_paths:
+        links = "\n\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in screenshot_paths)
+        sections.append(("MLflow UI", "Screenshots of the tracking UI for this experiment.", links))
+    missing = study.missing()
+    sections.append(
+        ("Missing", "\n".join(f"- {k}" for k in missing) if missing else "Nothing: the study is whole.", None)
+    )
+    sections.append(("Runs used", tables.runs_table(study), None))
+    full = head + [f"## {title}\n\n{text}" + (f"\n\n{images}" if images else "") for title, text, images in sections]
+    # The note leaves out the run list (the main run tags its stage runs) and the screenshots.
+    plain = head + [f"## {title}\n\n{text}" for title, text, _ in sections if title not in ("Runs used", "MLflow UI")]
+    return "\n\n".join(full) + "\n", plain, paired
+
+
+def note(parts: list[str], report_run_id: str, limit: int = tracking.NOTE_MAX_CHARS) -> str:
+    """The main run's description: whole parts while they fit MLflow's limit, then where the rest is."""
+    tail = f"\n\nFull report: artifact `{tracking.ARTIFACT_REPORT}` of report run `{report_run_id}`.\n"
+    cut_tail = "\n\n(cut to fit the run description)" + tail
+    if len("\n\n".join(parts)) + len(tail) <= limit:
+        return "\n\n".join(parts) + tail
+    kept: list[str] = []
+    for part in parts:
+        if len("\n\n".join([*kept, part])) + len(cut_tail) > limit:
+            break
+        kept.append(part)
+    return "\n\n".join(kept) + cut_tail
+
+
+@contextlib.contextmanager
+def _experiment(name: str):
+    """Runs started inside go to ``name`` (the experiment reported on)."""
+    previous = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_NAME"] = previous
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove what an earlier report wrote here (report.md and its PNGs), nothing else."""
+    for path in [
+        out_dir / tracking.ARTIFACT_REPORT,
+        *out_dir.glob("*.png"),
+        *(out_dir / tracking.ARTIFACT_UI_SCREENSHOTS).glob("*.png"),
+    ]:
+        path.unlink(missing_ok=True)
+
+
+def _paired_metrics(result: Paired) -> dict[str, float]:
+    return {"diff": result.diff, "ci_low": result.low, "ci_high": result.high}
+
+
+def run_report(cfg: Config, experiment: str = "", output: str = "reports", main_run_id: str = "") -> str:
+    """Write and log the report; returns the report run id. ``cfg``: the study's preset (see study_preset)."""
+    import mlflow
+
+    experiment = experiment or tracking.experiment_name()
+    main_run, stages = find_main_run(experiment, main_run_id)
+    study = Study(main_run.info.run_id, stages)
+    want_screenshots = assets.screenshots_wanted(cfg.report.screenshots)
+    out_dir = Path(output or "reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear(out_dir)
+    params = {
+        "report.experiment": experiment,
+        "report.main_run_id": study.main_run_id,
+        "report.study_preset": study.preset,
+    }
+    with (
+        _experiment(experiment),
+        tracking.stage_run(STAGE, cfg, upstream={"main": study.main_run_id}, params=params) as run,
+    ):
+        shots = assets.screenshots(experiment, out_dir, tracking.MODEL_ADAPTER) if want_screenshots else []
+        text, plain, paired = build(study, cfg, out_dir, shots)
+        (out_dir / tracking.ARTIFACT_REPORT).write_text(text)
+        mlflow.log_artifacts(str(out_dir))
+        for benchmark, result in paired.items():
+            if result is not None:
+                mlflow.log_metrics(
+                    {tracking.metric_report_paired(benchmark, k): v for k, v in _paired_metrics(result).items()}
+                )
+        mlflow.MlflowClient().set_tag(study.main_run_id, tracking.TAG_NOTE, note(plain, run.info.run_id))
+        print(f"report: {out_dir / tracking.ARTIFACT_REPORT} (run {run.info.run_id}, main run {study.main_run_id})")
+    return run.info.run_id
