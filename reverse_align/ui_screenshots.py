@@ -32,7 +32,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from reverse_align import tracking
 from reverse_align.errors import UserError
