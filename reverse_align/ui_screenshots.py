@@ -31,8 +31,8 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 from reverse_align import tracking
 from reverse_align.errors import UserError
