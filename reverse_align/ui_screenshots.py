@@ -102,6 +102,12 @@ def capture(tracking_uri: str, experiment_name: str, out_dir: Path, model_name: 
             raise UserError(f"no experiment {experiment_name!r} in {_redacted(tracking_uri)}")
         if "registered_model" not in _get_json(base, "registered-models/get", name=model_name):
             raise UserError(f"no registered model {model_name!r} in {_redacted(tracking_uri)}")
+        sft = _post_json(base, "runs/search", {
+            "experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 1,
+            "filter": f"tags.`{tracking.TAG_STAGE}` = 'sft'",
+        })  # fmt: skip
+        if not sft.get("runs"):
+            raise UserError(f"experiment {experiment_name!r} has no sft run to chart")
         pages = [
             (charts_url(base, experiment["experiment"]["experiment_id"]), _CHARTS_READY, CHARTS_SEARCH, out_dir / FILE_CHARTS),
             (model_url(base, model_name), _MODEL_READY, None, out_dir / FILE_MODEL),
@@ -233,6 +239,14 @@ def _get_json(base: str, endpoint: str, **query) -> dict:
         if exc.code == 404:
             return {}
         raise
+
+
+def _post_json(base: str, endpoint: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
 
 
 def _wait_http(url: str, timeout: float, server: subprocess.Popen, log) -> None:

@@ -125,3 +125,15 @@ def test_capture_without_chromium_is_one_line_of_bad_input(monkeypatch, tmp_path
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match="Chromium"):
         ui_screenshots.capture("sqlite:///unused.db", "reverse-align", tmp_path, "m")
+
+
+def test_capture_refuses_a_missing_model_or_experiment(store_server, tmp_path):
+    from reverse_align.errors import UserError
+
+    if not any(shutil.which(b) for b in ui_screenshots.BROWSERS):
+        pytest.skip("Chromium is not on PATH (apt-get install chromium)")
+    with pytest.raises(UserError, match="no registered model 'no-such-model'"):
+        ui_screenshots.capture(store_server, tracking.DEFAULT_EXPERIMENT, tmp_path, "no-such-model")
+    with pytest.raises(UserError, match="no experiment 'no-such-experiment'"):
+        ui_screenshots.capture(store_server, "no-such-experiment", tmp_path, "reverse-align-tiny-base-micro")
+    assert list(tmp_path.iterdir()) == []
