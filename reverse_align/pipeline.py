@@ -226,13 +226,18 @@ def _log_stage_logs(client, parent_id: str) -> None:
         client.log_artifacts(parent_id, str(logs), tracking.ARTIFACT_MAIN_LOGS)
 
 
-def ui_hint() -> str:
-    uri = tracking.tracking_uri()
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+def ui_hint(experiment_id: str) -> str:
+    """The command that serves the store's UI (none for an MLflow server) and the experiment's runs page."""
+    command = tracking.ui_command()
+    if not command:
+        return f"open {tracking.ui_url(experiment_id, tracking.tracking_uri())}"
+    return f"{command}  then open {tracking.ui_url(experiment_id)}"
 
 
 def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     import mlflow
+
+    from reverse_align import launcher as launchers
 
     rerun = str(force).lower() in ("1", "true", "yes")
     seed_list = parse_seeds(seeds, cfg)
@@ -241,16 +246,19 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     tracking.setup()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment_name())
-    # Under `mlflow run` the stages must start their own runs, never take over the launcher's.
-    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
-    parent = client.create_run(
-        experiment.experiment_id,
-        tags={tracking.TAG_STAGE: STAGE, tracking.TAG_PRESET: cfg.preset},
-        run_name=f"main-{cfg.preset}",
-    )
-    parent_id = parent.info.run_id
-    if launcher:
-        client.set_tag(launcher, tracking.TAG_MOVED_TO, parent_id)
+    # `mlflow run . -e main`: its launcher run is the main run when it is in our experiment, else (Default)
+    # it is retired at the end; either way no stage below sees it.
+    launcher = launchers.take()
+    own_launcher = launcher if launchers.in_our_experiment(launcher) else None
+    main_tags = {tracking.TAG_STAGE: STAGE, tracking.TAG_PRESET: cfg.preset}
+    if own_launcher:
+        parent_id = own_launcher
+        for key, value in {**main_tags, tracking.TAG_RUN_NAME: f"main-{cfg.preset}"}.items():
+            client.set_tag(parent_id, key, value)
+    else:
+        parent_id = client.create_run(experiment.experiment_id, tags=main_tags, run_name=f"main-{cfg.preset}").info.run_id
+    if launcher and launcher != parent_id:
+        launchers.point(launcher, parent_id)
     client.log_param(parent_id, "main.seeds", ",".join(map(str, seed_list)))
     client.log_param(parent_id, "main.jobs", cfg.main.jobs)
     os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
@@ -278,9 +286,9 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
         raise
     finally:
         os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
-        if launcher:
-            os.environ["MLFLOW_RUN_ID"] = launcher
         _log_stage_logs(client, parent_id)
+        if launcher and launcher != parent_id:
+            launchers.retire(launcher, parent_id)
     seconds = time.perf_counter() - started
     client.log_metric(parent_id, tracking.METRIC_MAIN_SECONDS, seconds)
     client.set_terminated(parent_id, "FINISHED")
@@ -288,5 +296,5 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     report = Path("reports") / tracking.experiment_name() / "report.md"
     if report.is_file():
         print(f"[main] report: {report.resolve()}")
-    print(f"[main] browse the runs: {ui_hint()}  (then open http://127.0.0.1:5000)")
+    print(f"[main] browse the runs: {ui_hint(experiment.experiment_id)}")
     return parent_id

@@ -34,6 +34,7 @@ import math
 import os
 import time
 
+from reverse_align import launcher as launchers
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
@@ -415,9 +416,9 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
         sampler=make_sampler(cfg), pruner=make_pruner(cfg),
     )  # fmt: skip
     parent_id = parent_run(cfg, study, sft_run_id, data_run_id)
-    launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`: trials must not reuse its run
+    launcher = launchers.take()  # `mlflow run`: trials must not reuse its run; retired at the end
     if launcher:
-        mlflow.MlflowClient(tracking.tracking_uri()).set_tag(launcher, tracking.TAG_MOVED_TO, parent_id)
+        launchers.point(launcher, parent_id)
     before = counts(study)
     print(f"[sweep] study {name} ({_redact(describe(cfg))}): {dict(before) or 'new'}; "
           f"target {target_trials(cfg)} completed trials; parent run {parent_id}")  # fmt: skip
@@ -433,6 +434,9 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
         client.set_tag(parent_id, tracking.TAG_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        if launcher:
+            launchers.retire(launcher, parent_id)
     client.set_terminated(parent_id, "FINISHED")
     after = counts(study)
     added = sum(after.values()) - sum(before.values())

@@ -42,8 +42,16 @@ TAG_LENGTH_RULE = "reverse_align.length_rule"
 TAG_RUN_NAME = "mlflow.runName"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
 ENV_PARENT_RUN_ID = "REVERSE_ALIGN_PARENT_RUN_ID"
-# Set on an `mlflow run` launcher run that was left in the Default experiment.
+# Set on an `mlflow run` launcher run in another experiment (Default): the run that holds its work. The launcher
+# is deleted once `mlflow run` has ended it (reverse_align.launcher), so Default keeps no empty run.
 TAG_MOVED_TO = "reverse_align.run_id"
+# What MLflow 3's UI shows an experiment as (the UI's own experiment tag): `custom_model_development` is
+# "Machine learning" (runs table, charts, models), not "GenAI apps & agents" (traces, overview).
+# MLflow 3.17's UI ignores the tag and takes the kind from its workflow switch (browser storage, default
+# GenAI) or the `workflowType` URL parameter: links we print carry UI_WORKFLOW_PARAM (tracking.ui_url).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW_PARAM = "workflowType=machine_learning"
 
 # Artifacts
 ARTIFACT_FORWARD = "data/forward.jsonl"
@@ -241,31 +249,46 @@ def experiment_name() -> str:
 
 
 def setup() -> None:
-    """Point mlflow at the project's store and experiment."""
+    """Point mlflow at the project's store and experiment (created as a "Machine learning" experiment)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment_name())
+    experiment = mlflow.set_experiment(experiment_name())
+    if experiment.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
 
 
-def _launcher_run_id() -> str | None:
-    """The run `mlflow run` created for us, if it is in our experiment.
+def ui_command(uri: str | None = None, port: int = 5000) -> str:
+    """The command that serves the MLflow UI over a store (``uri``: the tracking URI, default ours).
 
-    `mlflow run` without ``--experiment-name`` puts its run in the Default
-    experiment; INTERFACE.md wants runs in ``reverse-align``. In that case we
-    start our own run there and leave a pointer on the launcher run.
+    Empty for an MLflow server (http/https: already a UI, see :func:`ui_url`) and for an in-memory
+    sqlite store. A relative sqlite path is made absolute; a database URI with a password is passed
+    as ``"$MLFLOW_TRACKING_URI"`` so the password is never printed.
     """
-    import mlflow
+    import shlex
+    import sys
+    from urllib.parse import urlsplit
 
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return None
-    client = mlflow.MlflowClient()
-    launcher = client.get_run(run_id)
-    experiment = client.get_experiment(launcher.info.experiment_id)
-    if experiment.name == experiment_name():
-        return run_id
-    return None
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")) or uri in ("sqlite://", "sqlite:///:memory:"):
+        return ""
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri[len("sqlite:///"):].partition("?")
+        store = f"sqlite:///{Path(path).resolve()}{sep}{query}"
+    elif uri.startswith("file:") or "://" not in uri:
+        store = Path(uri.removeprefix("file://").removeprefix("file:")).resolve().as_uri()
+    elif urlsplit(uri).password:
+        store = '"$MLFLOW_TRACKING_URI"'
+    else:
+        store = shlex.quote(uri)
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    program = shlex.quote(str(mlflow_bin)) if mlflow_bin.exists() else "mlflow"
+    return f"{program} ui --backend-store-uri {store} --host 127.0.0.1 --port {port}"
+
+
+def ui_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The UI page of an experiment's runs table, as a "Machine learning" experiment (UI_WORKFLOW_PARAM)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW_PARAM}"
 
 
 @contextlib.contextmanager
@@ -279,25 +302,34 @@ def stage_run(
     """Run a stage inside an MLflow run with the project's tags and failure rules.
 
     ``run_id`` resumes an existing run (resume after a kill); otherwise the
-    `mlflow run` launcher run is reused when it is in our experiment.
+    `mlflow run` launcher run is reused when it is in our experiment, and
+    retired (reverse_align.launcher) when it is not.
     """
     import mlflow
+
+    from reverse_align import launcher as launchers
 
     setup()
     # A stage started inside another stage's run (the probe's SFT and DPO) is its nested child;
     # it never takes over the `mlflow run` launcher run, which the outer stage already holds.
     nested = mlflow.active_run() is not None
     launcher = os.environ.get("MLFLOW_RUN_ID")
-    reuse = run_id or (None if nested else _launcher_run_id())
+    reuse = run_id or (None if nested or not launchers.in_our_experiment(launcher) else launcher)
     # mlflow.start_run() reads MLFLOW_RUN_ID itself; hide it when we do not reuse it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
         run = mlflow.start_run(run_id=reuse, nested=nested) if reuse else mlflow.start_run(nested=nested)
-    finally:
+    except BaseException:
         if launcher:
             os.environ["MLFLOW_RUN_ID"] = launcher
-    if launcher and launcher != run.info.run_id and not nested:
-        mlflow.MlflowClient().set_tag(launcher, TAG_MOVED_TO, run.info.run_id)
+        raise
+    # A launcher that is not our run (it is in another experiment) points at ours while we work and is
+    # retired when we are done; it stays out of the environment from now on.
+    moved = bool(launcher) and launcher != run.info.run_id and not nested
+    if moved:
+        launchers.point(launcher, run.info.run_id)
+    elif launcher:
+        os.environ["MLFLOW_RUN_ID"] = launcher
     try:
         mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset, TAG_CONFIG_HASH: config_hash(cfg, stage)})
         if not run_id:  # a resumed run keeps its name
@@ -321,6 +353,9 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+    finally:
+        if moved:
+            launchers.retire(launcher, run.info.run_id)
 
 
 def run_name(stage: str, cfg: "Config", params: dict[str, Any] | None, upstream: dict[str, str] | None) -> str:
