@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import statistics
 import struct
 import tempfile
 import zlib
@@ -160,3 +162,42 @@ def make_study(
     client.set_terminated(main_id, "FINISHED")
     logged.main_run_id, logged.stages = main_id, stages
     return logged
+
+
+# Reading report.md back: its tables as {row: {column: cell}}, a cell as mean / sd / change / paper.
+CELL = re.compile(
+    r"^(?P<mean>missing|-?\d+\.\d)(?: ± (?P<sd>\d+\.\d))?(?: \(Δ (?P<change>[+-]\d+\.\d)\))?"
+    r"(?: · paper (?P<paper>[\d.]+)(?: \(Δ (?P<paper_change>[+-][\d.]+)\))?)?$"
+)
+
+
+def section(text: str, title: str) -> str:
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def table(text: str, title: str) -> dict[str, dict[str, str]]:
+    """{row label: {column: cell}} of the first markdown table in the section."""
+    lines = [line for line in section(text, title).splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {
+        cells[0]: dict(zip(header[1:], cells[1:]))
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    }
+
+
+def parse(cell: str) -> dict:
+    match = CELL.match(cell)
+    assert match, cell
+    return match.groupdict()
+
+
+def pct(values) -> tuple[str, str | None]:
+    values = list(values)
+    sd = f"{100 * statistics.stdev(values):.1f}" if len(values) >= 2 else None
+    return f"{100 * statistics.fmean(values):.1f}", sd
+
+
+def metric(column: str) -> str:
+    return tracking.METRIC_EVAL_AVERAGE if column == "average" else tracking.metric_eval_accuracy(column)

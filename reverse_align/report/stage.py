@@ -178,7 +178,7 @@ def run_report(cfg: Config, experiment: str = "", output: str = "reports", main_
         _experiment(experiment),
         tracking.stage_run(STAGE, cfg, upstream={"main": study.main_run_id}, params=params) as run,
     ):
-        shots = assets.screenshots(experiment, out_dir, tracking.MODEL_ADAPTER) if want_screenshots else []
+        shots = assets.screenshots(experiment, out_dir, tracking.MODEL_ADAPTER, cfg.report.screenshots) if want_screenshots else []
         text, plain, paired = build(study, cfg, out_dir, shots)
         (out_dir / tracking.ARTIFACT_REPORT).write_text(text)
         mlflow.log_artifacts(str(out_dir))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from report_store import metric, parse, pct, table
 
 from reverse_align import tracking
 from reverse_align.config import load_config
@@ -10,11 +11,12 @@ from reverse_align.errors import UserError
 from reverse_align.pipeline import run_main
 
 OVERRIDES = ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline",
-             "sft.exact_match_limit=0", "eval.max_new_tokens=16", "probe.sft_epochs=2", "probe.dpo_epochs=1"]  # fmt: skip
+             "sft.exact_match_limit=0", "eval.max_new_tokens=16", "probe.sft_epochs=2", "probe.dpo_epochs=1",
+             "sweep.grid_step=0.35"]  # fmt: skip
 TRAINED = {f"sft.{m}.seed{s}" for m in ("forward", "reverse", "mixed", "mixed_half") for s in (0, 1)} | {
     f"dpo.{on}.seed{s}" for on in ("forward", "reverse", "mixed", "direct") for s in (0, 1)
 }
-STUDY = {"pretrain", "data", "invert", "sweep", "eval.base"} | TRAINED | {f"eval.{k}" for k in TRAINED} | {
+STUDY = {"pretrain", "data", "invert", "sweep", "eval.base", "report"} | TRAINED | {f"eval.{k}" for k in TRAINED} | {
     f"probe.{on}" for on in ("forward", "reverse", "mixed")
 }
 
@@ -75,12 +77,31 @@ def test_main_runs_the_whole_study_side_by_side_then_reuses_it(micro_base, clien
     logs = {a.path for a in client.list_artifacts(first, tracking.ARTIFACT_MAIN_LOGS)}
     assert f"{tracking.ARTIFACT_MAIN_LOGS}/sft.forward.seed0.log" in logs
 
+    # The report, written by main's last stage, holds exactly the metrics of the runs it names.
+    report_run = client.get_run(runs["report"])
+    assert report_run.data.tags[tracking.tag_upstream("main")] == first
+    with open(client.download_artifacts(runs["report"], tracking.ARTIFACT_REPORT)) as f:
+        text = f.read()
+    columns = ["synthetic_forward", "synthetic_reverse", "synthetic_transfer", "average"]
+    accuracy = {key: client.get_run(run_id).data.metrics for key, run_id in runs.items() if key.startswith("eval.")}
+    sft, dpo = table(text, "Table 1"), table(text, "Table 2")
+    for column in columns:
+        assert parse(sft["base (no SFT)"][column])["mean"] == f"{100 * accuracy['eval.base'][metric(column)]:.1f}"
+        for mix, label in {"forward": "forward (s1k)", "reverse": "reverse (r1k)", "mixed_half": "mixed_half (0.5k)"}.items():
+            got = parse(sft[label][column])
+            assert (got["mean"], got["sd"]) == pct(accuracy[f"eval.sft.{mix}.seed{s}"][metric(column)] for s in (0, 1))
+        got = parse(dpo["DPO on mixed (D)"][column])
+        assert (got["mean"], got["sd"]) == pct(accuracy[f"eval.dpo.mixed.seed{s}"][metric(column)] for s in (0, 1))
+    for key in ("sweep", "probe.mixed", "eval.sft.reverse.seed1"):
+        assert runs[key] in text
+    assert client.get_run(first).data.tags[tracking.TAG_NOTE].startswith("# reverse-align report: micro")
+
     capsys.readouterr()
     second = run_main(cfg, seeds="0,1")
     assert "reusing finished run" in capsys.readouterr().out
     again = stage_map(client, second)
-    assert again["runs"] == record["runs"]
-    assert set(again["reused"]) == STUDY  # all but promote (and report), which always run
+    assert {k: v for k, v in again["runs"].items() if k != "report"} == {k: v for k, v in runs.items() if k != "report"}
+    assert set(again["reused"]) == STUDY - {"report"}  # all but promote and report, which always run
 
     # A changed SFT setting reruns SFT and what depends on it, never the data or the (paid) inversion.
     changed = load_config("micro", [*OVERRIDES, "sft.learning_rate=1e-4"])

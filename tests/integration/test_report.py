@@ -6,7 +6,6 @@ compared with the metric the study's runs logged; missing runs render as `missin
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 from conftest import ROOT, run_cli
-from report_store import PAPER, make_study, png_bytes
+from report_store import PAPER, make_study, metric, parse, pct, png_bytes, section, table
 
 from reverse_align import cli, tracking
 from reverse_align.config import load_config
@@ -23,46 +22,9 @@ from reverse_align.errors import UserError
 from reverse_align.report import assets
 from reverse_align.report.stage import note, run_report, study_preset
 
-CELL = re.compile(
-    r"^(?P<mean>missing|-?\d+\.\d)(?: ± (?P<sd>\d+\.\d))?(?: \(Δ (?P<change>[+-]\d+\.\d)\))?"
-    r"(?: · paper (?P<paper>[\d.]+)(?: \(Δ (?P<paper_change>[+-][\d.]+)\))?)?$"
-)
-
-
-def section(text: str, title: str) -> str:
-    start = text.index(f"## {title}")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end > 0 else None]
-
-
-def table(text: str, title: str) -> dict[str, dict[str, str]]:
-    """{row label: {column: cell}} of the first markdown table in the section."""
-    lines = [line for line in section(text, title).splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return {
-        cells[0]: dict(zip(header[1:], cells[1:]))
-        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
-    }
-
-
-def parse(cell: str) -> dict:
-    match = CELL.match(cell)
-    assert match, cell
-    return match.groupdict()
-
-
-def pct(values) -> tuple[str, str | None]:
-    values = list(values)
-    sd = f"{100 * statistics.stdev(values):.1f}" if len(values) >= 2 else None
-    return f"{100 * statistics.fmean(values):.1f}", sd
-
-
-def metric(column: str) -> str:
-    return tracking.METRIC_EVAL_AVERAGE if column == "average" else tracking.metric_eval_accuracy(column)
-
 
 def cfg(preset: str = "tiny", *overrides: str):
-    return load_config(preset, ["report.bootstrap_resamples=200", *overrides])
+    return load_config(preset, ["report.bootstrap_resamples=200", "report.screenshots=false", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +33,7 @@ def whole(tmp_path_factory):
     logged = make_study("report-whole")
     out = tmp_path_factory.mktemp("reports")
     result = run_cli(
-        "report", "--experiment", "report-whole", "--output", str(out), "--set", "report.bootstrap_resamples=300"
+        "report", "--experiment", "report-whole", "--output", str(out), "--set", "report.bootstrap_resamples=300 report.screenshots=false"
     )
     text_path = out / "report-whole" / "report.md"
     return logged, text_path.read_text() if text_path.exists() else "", result, out / "report-whole"
@@ -263,6 +225,16 @@ def test_screenshots_setting(tmp_path, monkeypatch, client):
     assert "![runs](figures/ui/runs.png)" in (out_dir / "report.md").read_text()
     assert (out_dir / "figures" / "ui" / "args.txt").read_text() == "report-shots reverse-align-adapter"
     assert "figures/ui/runs.png" in {a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_UI_SCREENSHOTS)}
+    # A browser that fails: `auto` warns and reports without screenshots, `true` fails the report.
+    (tmp_path / "pkg" / "broken_ui_shots.py").write_text(
+        "def capture(tracking_uri, experiment_name, out_dir, model_name):\n"
+        "    raise RuntimeError('the MLflow UI did not show sft runs chart within 90s')\n"
+    )
+    monkeypatch.setattr(assets, "SCREENSHOT_MODULE", "broken_ui_shots")
+    run_report(cfg("tiny", "report.screenshots=auto"), experiment="report-shots", output=str(tmp_path / "out"))
+    assert "figures/ui/" not in (out_dir / "report.md").read_text()
+    with pytest.raises(RuntimeError, match="did not show"):
+        run_report(cfg("tiny", "report.screenshots=true"), experiment="report-shots", output=str(tmp_path / "out"))
 
 
 def test_note_keeps_whole_parts_within_the_limit():
