@@ -83,7 +83,13 @@ def ours(cfg, base, tokenizer, items, adapters):
     from reverse_align.probe.alp import CheckpointScorer
 
     scorer = CheckpointScorer(
-        load_model(cfg, base), tokenizer, items, cfg.probe.max_response_tokens, cfg.probe.batch_tokens
+        load_model(cfg, base),
+        tokenizer,
+        items,
+        cfg.probe.max_response_tokens,
+        cfg.probe.batch_tokens,
+        merge=cfg.probe.merge_adapters,
+        share_prompts=cfg.probe.share_prompts,
     )
     return [scorer.score_adapter(a) for a in adapters]
 
