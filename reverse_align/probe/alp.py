@@ -140,7 +140,9 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def mean_response_logprobs(model, rows: list[Row], n_sequences: int, pad_token_id: int, batch_tokens: int, progress=None):
+def mean_response_logprobs(
+    model, rows: list[Row], n_sequences: int, pad_token_id: int, batch_tokens: int, progress=None
+):
     """Per sequence, the mean log-probability of its response tokens (a float64 tensor, sequence order).
 
     Rows are right-padded: under causal attention no real token sees a pad, so rows of one
@@ -304,17 +306,44 @@ class CheckpointScorer:
         from peft import PeftModel
 
         self._unmerge()
-        self._count += 1
-        name = f"checkpoint_{self._count}"
         if self.active is None:
-            self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name).eval()
-        else:
+            self._count += 1
+            self.active = f"checkpoint_{self._count}"
+            self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=self.active)
+        elif not self._overwrite_active(adapter_dir):
+            self._count += 1
+            name = f"checkpoint_{self._count}"
             # low_cpu_mem_usage: the new LoRA weights are created empty and filled from the file, not initialised first
             self.model.load_adapter(adapter_dir, adapter_name=name, low_cpu_mem_usage=True)
             self.model.set_adapter(name)
             self.model.delete_adapter(self.active)
-        self.active = name
+            self.active = name
         self.model.eval()
         if self.merge:
             self._merge()
         return self._score(progress)
+
+    def _overwrite_active(self, adapter_dir: str) -> bool:
+        """Load the adapter's weights into the active one in place when both have the same config and tensors.
+
+        Checkpoints of one run share their LoRA config: copying the tensors in costs a fifth of
+        building a new adapter (0.005 vs 0.03 s on the tiny model). Anything else returns False.
+        """
+        from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        ignored = ("base_model_name_or_path", "revision", "inference_mode")
+
+        def comparable(config) -> dict:
+            return {k: v for k, v in config.to_dict().items() if k not in ignored}
+
+        if comparable(PeftConfig.from_pretrained(adapter_dir)) != comparable(self.model.peft_config[self.active]):
+            return False
+        current = get_peft_model_state_dict(self.model, adapter_name=self.active)
+        weights = load_peft_weights(adapter_dir, device=str(next(self.model.parameters()).device))
+        if set(weights) != set(current) or any(weights[k].shape != current[k].shape for k in weights):
+            return False
+        result = set_peft_model_state_dict(self.model, weights, adapter_name=self.active)
+        if result.unexpected_keys:
+            raise RuntimeError(f"{adapter_dir}: tensors left unloaded: {result.unexpected_keys[:3]}")
+        return True

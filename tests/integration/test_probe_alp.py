@@ -9,6 +9,7 @@ swaps adapters in and out of one base model.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -83,26 +84,28 @@ def probe_records(micro_invert):
     return load_run_records(micro_invert, tracking.ARTIFACT_PROBE)
 
 
-@pytest.fixture(scope="module")
-def adapters(cfg, micro_base, tmp_path_factory) -> list[str]:
-    """Two random LoRA adapters (non-zero B, perturbed lm_head copy) saved as PEFT directories."""
+def save_random_adapter(cfg, seed: int, path, r: int | None = None) -> str:
+    """A random LoRA adapter (non-zero B, perturbed lm_head copy) of ``cfg.lora`` (rank ``r`` if given), saved."""
     from peft import get_peft_model
 
     from reverse_align.models import load_model
     from reverse_align.train.common import peft_lora_config
 
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = get_peft_model(load_model(cfg), peft_lora_config(cfg.lora))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name or "modules_to_save" in name:
-                    param.add_(torch.randn_like(param) * 0.05)
-        path = tmp_path_factory.mktemp(f"adapter{seed}")
-        model.save_pretrained(str(path))
-        paths.append(str(path))
-    return paths
+    lora = dataclasses.replace(cfg.lora, r=r, alpha=2 * r) if r else cfg.lora
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model(cfg), peft_lora_config(lora))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapters(cfg, micro_base, tmp_path_factory) -> list[str]:
+    """Two random LoRA adapters of the preset's LoRA config, as PEFT directories."""
+    return [save_random_adapter(cfg, seed, tmp_path_factory.mktemp(f"adapter{seed}")) for seed in (1, 2)]
 
 
 def fresh_model(cfg, adapter=None):
@@ -169,6 +172,26 @@ def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(
     # Merging and unmerging leave the base weights exactly as loaded (PEFT wraps the same tensors).
     for (name, param), value in zip(base_params, base_values):
         assert torch.equal(param, value), name
+
+
+def test_an_adapter_of_another_config_is_built_anew_and_scored_exactly(
+    cfg, tokenizer, mixed_items, mixed_references, adapters, tmp_path
+):
+    # Same config: the tensors are copied into the active adapter; another rank: a new adapter replaces it.
+    other = save_random_adapter(cfg, 3, tmp_path / "r8", r=8)
+    scorer = alp.CheckpointScorer(fresh_model(cfg), tokenizer, mixed_items, 1000, 600)
+    first = scorer.score_adapter(adapters[0])
+    slot = scorer.active
+    second = scorer.score_adapter(adapters[1])
+    assert scorer.active == slot
+    small = scorer.score_adapter(other)
+    assert scorer.active != slot and scorer.model.peft_config[scorer.active].r == 8
+    again = scorer.score_adapter(adapters[0])
+    assert list(scorer.model.peft_config) == [scorer.active]  # one adapter in memory
+    assert_scores_equal(first, *mixed_references[1])
+    assert_scores_equal(second, *mixed_references[2])
+    assert_scores_equal(small, *reference_scores(fresh_model(cfg, other), tokenizer, mixed_items, 1000))
+    assert_scores_equal(again, *mixed_references[1])
 
 
 def test_prompt_sharing_needs_a_masked_attention(cfg, tokenizer, probe_records):
