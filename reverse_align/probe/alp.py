@@ -140,57 +140,84 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def mean_response_logprobs(
-    model, rows: list[Row], n_sequences: int, pad_token_id: int, batch_tokens: int, progress=None
-):
+@dataclass
+class Batch:
+    """One forward pass, prepared once for every checkpoint: padded rows and where each scored logit sits."""
+
+    input_ids: object  # (rows, width) long tensor, right-padded
+    model_kwargs: dict  # position_ids and a 4D boolean attention mask when a row shares its prompt
+    logits_to_keep: int  # logits from the batch's first predicting position on
+    at: object  # per scored token, its row-major index into the (rows, logits_to_keep) logits
+    targets: object  # per scored token, the token
+    owner: object  # per scored token, the index of its sequence
+    size: int  # sequences completed by this batch
+
+
+def prepare_batches(rows: list[Row], batch_tokens: int, pad_token_id: int) -> list[Batch]:
+    """Rows, longest first, in right-padded batches of at most ``batch_tokens`` tokens (:func:`length_batches`).
+
+    Right padding under causal attention: no real token sees a pad, so rows of one response
+    need no attention mask (any attention kernel). Rows sharing a prompt get a 4D boolean mask:
+    a token sees the prompt and its own response up to itself; a pad sees the first prompt
+    token and the pads, so no attention row is empty.
+    """
+    import torch
+
+    batches = []
+    for batch in length_batches([len(r.input_ids) for r in rows], batch_tokens):
+        picked = [rows[i] for i in batch]
+        width = len(picked[0].input_ids)
+        input_ids = torch.full((len(picked), width), pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((len(picked), width), dtype=torch.long)
+        segment = torch.full((len(picked), width), -1, dtype=torch.long)
+        for r, row in enumerate(picked):
+            n = len(row.input_ids)
+            input_ids[r, :n] = torch.tensor(row.input_ids)
+            position_ids[r, :n] = torch.tensor(row.position_ids)
+            segment[r, :n] = torch.tensor(row.segment)
+        first = min(at[0] for row in picked for _, at, _ in row.scored)
+        keep = width - first
+        scored = [(r, index, at, response) for r, row in enumerate(picked) for index, at, response in row.scored]
+        model_kwargs = {}
+        if any(len(row.scored) > 1 for row in picked):
+            seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+            pos_q, pos_k = position_ids[:, :, None], position_ids[:, None, :]
+            mask = ((seg_k == 0) | (seg_k == seg_q)) & (pos_k <= pos_q)
+            model_kwargs = {"position_ids": position_ids, "attention_mask": mask[:, None]}
+        batches.append(
+            Batch(
+                input_ids=input_ids,
+                model_kwargs=model_kwargs,
+                logits_to_keep=keep,
+                at=torch.tensor([r * keep + a - first for r, _, at, _ in scored for a in at]),
+                targets=torch.tensor([t for _, _, _, response in scored for t in response]),
+                owner=torch.tensor([index for _, index, _, response in scored for _ in response]),
+                size=len(scored),
+            )
+        )
+    return batches
+
+
+def mean_response_logprobs(model, batches: list[Batch], response_lengths: list[int], progress=None):
     """Per sequence, the mean log-probability of its response tokens (a float64 tensor, sequence order).
 
-    Rows are right-padded: under causal attention no real token sees a pad, so rows of one
-    response need no attention mask (any attention kernel); rows sharing a prompt get a 4D
-    boolean mask. Logits are taken only from the first predicting position of the batch on
-    (``logits_to_keep``) and log-softmaxed only where a response token is predicted.
+    One forward pass per batch; log-softmax only where a response token is predicted.
     """
     import torch
 
     device = next(model.parameters()).device
-    result = torch.empty(n_sequences, dtype=torch.float64)
+    sums = torch.zeros(len(response_lengths), dtype=torch.float64)
     with torch.inference_mode():
-        for batch in length_batches([len(r.input_ids) for r in rows], batch_tokens):
-            picked = [rows[i] for i in batch]
-            width = len(picked[0].input_ids)
-            input_ids = torch.full((len(picked), width), pad_token_id, dtype=torch.long)
-            position_ids = torch.zeros((len(picked), width), dtype=torch.long)
-            segment = torch.full((len(picked), width), -1, dtype=torch.long)  # pads see the prompt's first token
-            for r, row in enumerate(picked):
-                n = len(row.input_ids)
-                input_ids[r, :n] = torch.tensor(row.input_ids)
-                position_ids[r, :n] = torch.tensor(row.position_ids)
-                segment[r, :n] = torch.tensor(row.segment)
-            first = min(at[0] for row in picked for _, at, _ in row.scored)
-            flat, targets, owner = [], [], []
-            for r, row in enumerate(picked):
-                for index, at, response in row.scored:
-                    flat += [r * (width - first) + a - first for a in at]
-                    targets += response
-                    owner += [index] * len(response)
-            kwargs = {}
-            if any(len(row.scored) > 1 for row in picked):
-                seg_q, seg_k = segment[:, :, None], segment[:, None, :]
-                pos_q, pos_k = position_ids[:, :, None], position_ids[:, None, :]
-                mask = ((seg_k == 0) | (seg_k == seg_q)) & (pos_k <= pos_q)
-                kwargs = {"position_ids": position_ids.to(device), "attention_mask": mask[:, None].to(device)}
-            logits = model(input_ids=input_ids.to(device), logits_to_keep=width - first, **kwargs).logits
-            logits = logits.reshape(-1, logits.shape[-1])[torch.tensor(flat, device=device)].float()
-            targets = torch.tensor(targets, device=device)
-            token_logps = (logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)).double().cpu()
-            owner = torch.tensor(owner)
-            sums = torch.zeros(n_sequences, dtype=torch.float64).index_add_(0, owner, token_logps)
-            counts = torch.zeros(n_sequences, dtype=torch.float64).index_add_(0, owner, torch.ones_like(token_logps))
-            done = torch.tensor([index for row in picked for index, _, _ in row.scored])
-            result[done] = sums[done] / counts[done]
+        for batch in batches:
+            kwargs = {k: v.to(device) for k, v in batch.model_kwargs.items()}
+            logits = model(input_ids=batch.input_ids.to(device), logits_to_keep=batch.logits_to_keep, **kwargs).logits
+            logits = logits.reshape(-1, logits.shape[-1])[batch.at.to(device)].float()
+            targets = batch.targets.to(device)
+            token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            sums.index_add_(0, batch.owner, token_logps.double().cpu())
             if progress is not None:
-                progress.update(len(done))
-    return result
+                progress.update(batch.size)
+    return sums / torch.tensor(response_lengths, dtype=torch.float64)
 
 
 @dataclass
@@ -262,17 +289,15 @@ class CheckpointScorer:
         self.tokenizer = tokenizer
         self.items = items
         self.sequences = encode_items(tokenizer, items, max_response_tokens)
-        self.rows = pack_rows(self.sequences, share_prompts)
-        self.batch_tokens = batch_tokens
+        self.batches = prepare_batches(pack_rows(self.sequences, share_prompts), batch_tokens, tokenizer.pad_token_id)
+        self.response_lengths = [len(s.input_ids) - s.response_start for s in self.sequences]
         self.merge = merge
         self.active: str | None = None
         self._count = 0
         self._unmerged_weights: list | None = None  # (weight, its exact base value) while an adapter is merged
 
     def _score(self, progress) -> Scores:
-        values = mean_response_logprobs(
-            self.model, self.rows, len(self.sequences), self.tokenizer.pad_token_id, self.batch_tokens, progress
-        ).tolist()
+        values = mean_response_logprobs(self.model, self.batches, self.response_lengths, progress).tolist()
         return Scores(self.items, values[0::2], values[1::2])
 
     def _merge(self) -> None:

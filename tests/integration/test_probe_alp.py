@@ -152,10 +152,12 @@ def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(
     base_params = list(model.named_parameters())
     base_values = [p.detach().clone() for _, p in base_params]
     scorer = alp.CheckpointScorer(model, tokenizer, items, 1000, 600, merge=merge, share_prompts=share_prompts)
-    assert len(alp.length_batches([len(r.input_ids) for r in scorer.rows], 600)) > 2
+    assert len(scorer.batches) > 2
     # Shared: one row per distinct question (y+ and y- together); else one row per sequence.
     questions = {i.asked.question for i in items}
-    assert len(scorer.rows) == (len(questions) if share_prompts else 2 * len(items))
+    rows = alp.pack_rows(scorer.sequences, share_prompts)
+    assert len(rows) == (len(questions) if share_prompts else 2 * len(items))
+    assert sum(len(b.input_ids) for b in scorer.batches) == len(rows)
     # Base, adapter 1, adapter 2, base again: each swap must leave nothing of the previous one behind.
     results = [
         scorer.score_base(),
