@@ -159,7 +159,8 @@ def prepare_batches(rows: list[Row], batch_tokens: int, pad_token_id: int) -> li
     Right padding under causal attention: no real token sees a pad, so rows of one response
     need no attention mask (any attention kernel). Rows sharing a prompt get a 4D boolean mask:
     a token sees the prompt and its own response up to itself; a pad sees the first prompt
-    token and the pads, so no attention row is empty.
+    token and the pads, so no attention row is empty. The batches are kept for every checkpoint,
+    masks included (rows x width^2 booleans a batch).
     """
     import torch
 
