@@ -145,7 +145,7 @@ class Batch:
     """One forward pass, prepared once for every checkpoint: padded rows and where each scored logit sits."""
 
     input_ids: object  # (rows, width) long tensor, right-padded
-    model_kwargs: dict  # position_ids and a 4D boolean attention mask when a row shares its prompt
+    model_kwargs: dict  # position_ids and a 4D additive attention mask when a row shares its prompt
     logits_to_keep: int  # logits from the batch's first predicting position on
     at: object  # per scored token, its row-major index into the (rows, logits_to_keep) logits
     targets: object  # per scored token, the token
@@ -153,14 +153,14 @@ class Batch:
     size: int  # sequences completed by this batch
 
 
-def prepare_batches(rows: list[Row], batch_tokens: int, pad_token_id: int) -> list[Batch]:
+def prepare_batches(rows: list[Row], batch_tokens: int, pad_token_id: int, dtype) -> list[Batch]:
     """Rows, longest first, in right-padded batches of at most ``batch_tokens`` tokens (:func:`length_batches`).
 
     Right padding under causal attention: no real token sees a pad, so rows of one response
-    need no attention mask (any attention kernel). Rows sharing a prompt get a 4D boolean mask:
+    need no attention mask (any attention kernel). Rows sharing a prompt get a 4D mask:
     a token sees the prompt and its own response up to itself; a pad sees the first prompt
     token and the pads, so no attention row is empty. The batches are kept for every checkpoint,
-    masks included (rows x width^2 booleans a batch).
+    masks included (rows x width^2 values a batch).
     """
     import torch
 
@@ -183,7 +183,9 @@ def prepare_batches(rows: list[Row], batch_tokens: int, pad_token_id: int) -> li
         if any(len(row.scored) > 1 for row in picked):
             seg_q, seg_k = segment[:, :, None], segment[:, None, :]
             pos_q, pos_k = position_ids[:, :, None], position_ids[:, None, :]
-            mask = ((seg_k == 0) | (seg_k == seg_q)) & (pos_k <= pos_q)
+            seen = ((seg_k == 0) | (seg_k == seg_q)) & (pos_k <= pos_q)
+            # Additive, in the model's dtype: sdpa adds it as is (a boolean one it converts at every layer).
+            mask = torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)
             model_kwargs = {"position_ids": position_ids, "attention_mask": mask[:, None]}
         batches.append(
             Batch(
@@ -290,7 +292,9 @@ class CheckpointScorer:
         self.tokenizer = tokenizer
         self.items = items
         self.sequences = encode_items(tokenizer, items, max_response_tokens)
-        self.batches = prepare_batches(pack_rows(self.sequences, share_prompts), batch_tokens, tokenizer.pad_token_id)
+        rows = pack_rows(self.sequences, share_prompts)
+        dtype = next(model.parameters()).dtype
+        self.batches = prepare_batches(rows, batch_tokens, tokenizer.pad_token_id, dtype)
         self.response_lengths = [len(s.input_ids) - s.response_start for s in self.sequences]
         self.merge = merge
         self.active: str | None = None
