@@ -16,8 +16,8 @@ length and packed into right-padded batches of at most ``batch_tokens`` tokens,
 one forward pass per batch, logits only from the first response position on and
 log-probabilities gathered for all response tokens at once (no per-token Python).
 :class:`CheckpointScorer` loads the base model once and swaps each checkpoint in
-as a PEFT adapter (load, set active, delete the last), merged into the base
-weights while it is scored (``merge``).
+as a PEFT adapter (its tensors copied into the active adapter), merged into the
+base weights while it is scored (``merge``).
 """
 
 from __future__ import annotations
@@ -261,8 +261,9 @@ class CheckpointScorer:
     """Scores the probe on the base model and on adapters swapped in one after another.
 
     The base model is loaded once and wrapped in a ``PeftModel`` at the first
-    adapter; each later adapter is loaded beside the current one, made active,
-    and the previous one deleted, so memory holds the base plus at most two adapters.
+    adapter; a later adapter with the same LoRA config (every checkpoint of a run)
+    has its tensors copied into the active one, any other is loaded beside it, made
+    active, and the previous one deleted, so memory holds the base plus at most two adapters.
 
     ``merge``: each adapter's LoRA is merged into the base weights while it is scored (one
     matmul per projection instead of three; r=64 on a hidden-128 model nearly doubles the
