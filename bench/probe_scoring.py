@@ -8,22 +8,28 @@ disk; the 7 checkpoints are random LoRA adapters of the tiny preset's LoRA confi
 (r=64 on every projection, lm_head as a trained copy), non-zero, saved in PEFT
 format. Random weights score like trained ones: the cost is the forward passes.
 
-- ``ours``: :class:`reverse_align.probe.alp.CheckpointScorer`: the base loaded
-  once, each adapter loaded / activated / the previous deleted, sequences sorted
-  by length in padded batches of ``probe.batch_tokens`` tokens, one forward pass
-  per batch, log-probs gathered for all tokens at once.
+- ``ours``: :class:`reverse_align.probe.alp.CheckpointScorer` as the tiny preset
+  configures it: the base loaded once; each checkpoint's LoRA tensors copied into
+  the one adapter slot and merged into the base weights while it is scored (the
+  exact base weights put back after); y+ and y- of an item in one row behind their
+  shared question; rows sorted by length in right-padded batches of
+  ``probe.batch_tokens`` tokens, one forward pass per batch, logits only from the
+  first response position on, log-probs gathered for all tokens at once.
 - ``reload+per-item``: per checkpoint, the base model and adapter loaded from
-  disk (``PeftModel.from_pretrained``), one forward pass per sequence, the
-  log-probs taken with one ``.item()`` per token (the released analysis, PROTOCOL §7).
+  disk (``PeftModel.from_pretrained``), the probe tokenized, one forward pass per
+  sequence, the log-probs taken with one ``.item()`` per token (the released
+  analysis, PROTOCOL §7).
 - ``reload+per-item vectorised``: the same, but each sequence's log-probs summed
   in one tensor op (a fairer baseline: what remains is the reloading and batch 1).
 
-All three run in this one process, one after the other, ``--rounds`` times; each
-figure is the best round. Headline: process CPU time (one torch thread), since the
-machine is shared and wall time moves with others' load; wall time is printed too.
-The results must agree within 1e-5 (checked).
+All three run in this one process, one after the other, ``--rounds`` times, at the
+same number of torch threads (``--threads``; default torch's own, every core);
+each figure is the best round. Wall and process CPU time are both printed: the
+machine is shared, so wall time moves with others' load, and with more than one
+thread CPU time also counts the threads' waiting. The results must agree within
+1e-5 (checked).
 
-Usage: python bench/probe_scoring.py [--items 100] [--checkpoints 7] [--rounds 2]
+Usage: python bench/probe_scoring.py [--items 100] [--checkpoints 7] [--rounds 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -83,7 +89,13 @@ def ours(cfg, base, tokenizer, items, adapters):
     from reverse_align.probe.alp import CheckpointScorer
 
     scorer = CheckpointScorer(
-        load_model(cfg, base), tokenizer, items, cfg.probe.max_response_tokens, cfg.probe.batch_tokens
+        load_model(cfg, base),
+        tokenizer,
+        items,
+        cfg.probe.max_response_tokens,
+        cfg.probe.batch_tokens,
+        merge=cfg.probe.merge_adapters,
+        share_prompts=cfg.probe.share_prompts,
     )
     return [scorer.score_adapter(a) for a in adapters]
 
@@ -126,6 +138,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--checkpoints", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for every variant (0: torch's default)")
     args = parser.parse_args()
 
     import torch
@@ -134,7 +147,8 @@ def main() -> None:
     from reverse_align.models import load_model
     from reverse_align.probe.alp import encode_items
 
-    torch.set_num_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config("tiny")
     cfg.model.attn_implementation = "sdpa"  # padded batches: sdpa_varlen hands them to sdpa anyway
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +180,7 @@ def main() -> None:
     assert worst <= 1e-5, f"variants disagree by {worst:.3g}"
     print(
         f"{len(items)} items ({2 * len(items)} sequences, {lengths[0]}-{lengths[-1]} tokens) x {len(adapters)} checkpoints;"
-        f" random Qwen2 of the tiny shape ({n_params / 1e6:.2f}M parameters), LoRA r={cfg.lora.r}; 1 torch thread;"
+        f" random Qwen2 of the tiny shape ({n_params / 1e6:.2f}M parameters), LoRA r={cfg.lora.r}; {torch.get_num_threads()} torch thread(s);"
         f" best of {args.rounds} rounds; max |difference| between variants {worst:.2g}"
     )
     ours_wall, ours_cpu = best["ours (batched, adapter swap)"]

@@ -9,6 +9,7 @@ swaps adapters in and out of one base model.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -83,26 +84,28 @@ def probe_records(micro_invert):
     return load_run_records(micro_invert, tracking.ARTIFACT_PROBE)
 
 
-@pytest.fixture(scope="module")
-def adapters(cfg, micro_base, tmp_path_factory) -> list[str]:
-    """Two random LoRA adapters (non-zero B, perturbed lm_head copy) saved as PEFT directories."""
+def save_random_adapter(cfg, seed: int, path, r: int | None = None) -> str:
+    """A random LoRA adapter (non-zero B, perturbed lm_head copy) of ``cfg.lora`` (rank ``r`` if given), saved."""
     from peft import get_peft_model
 
     from reverse_align.models import load_model
     from reverse_align.train.common import peft_lora_config
 
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = get_peft_model(load_model(cfg), peft_lora_config(cfg.lora))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name or "modules_to_save" in name:
-                    param.add_(torch.randn_like(param) * 0.05)
-        path = tmp_path_factory.mktemp(f"adapter{seed}")
-        model.save_pretrained(str(path))
-        paths.append(str(path))
-    return paths
+    lora = dataclasses.replace(cfg.lora, r=r, alpha=2 * r) if r else cfg.lora
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model(cfg), peft_lora_config(lora))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapters(cfg, micro_base, tmp_path_factory) -> list[str]:
+    """Two random LoRA adapters of the preset's LoRA config, as PEFT directories."""
+    return [save_random_adapter(cfg, seed, tmp_path_factory.mktemp(f"adapter{seed}")) for seed in (1, 2)]
 
 
 def fresh_model(cfg, adapter=None):
@@ -121,14 +124,40 @@ def assert_scores_equal(scores: alp.Scores, pos, neg):
     assert diff <= TOL, f"max |batched - per-item| = {diff:.3g}"
 
 
-def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(cfg, tokenizer, probe_records, adapters):
-    items = random_items(probe_records, 24, seed=0)
+@pytest.fixture(scope="module")
+def mixed_items(probe_records):
+    return random_items(probe_records, 24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def mixed_references(cfg, tokenizer, mixed_items, adapters):
+    """Per-item reference scores of the base model, adapter 1 and adapter 2."""
+    return [
+        reference_scores(fresh_model(cfg, adapter), tokenizer, mixed_items, 1000)
+        for adapter in (None, adapters[0], adapters[1])
+    ]
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+@pytest.mark.parametrize("share_prompts", [True, False], ids=["shared-prompt", "one-per-row"])
+def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(
+    cfg, tokenizer, mixed_items, mixed_references, adapters, merge, share_prompts
+):
+    items = mixed_items
     lengths = [len(s.input_ids) for s in alp.encode_items(tokenizer, items, 1000)]
     assert max(lengths) > 2 * min(lengths)  # mixed lengths: batches really are padded
     assert {i.asked.direction for i in items} == {"forward", "reverse"}
     # A small token budget: several batches of different widths.
-    scorer = alp.CheckpointScorer(fresh_model(cfg), tokenizer, items, max_response_tokens=1000, batch_tokens=600)
-    assert len(alp.length_batches(scorer.sequences, 600)) > 2
+    model = fresh_model(cfg)
+    base_params = list(model.named_parameters())
+    base_values = [p.detach().clone() for _, p in base_params]
+    scorer = alp.CheckpointScorer(model, tokenizer, items, 1000, 600, merge=merge, share_prompts=share_prompts)
+    assert len(scorer.batches) > 2
+    # Shared: one row per distinct question (y+ and y- together); else one row per sequence.
+    questions = {i.asked.question for i in items}
+    rows = alp.pack_rows(scorer.sequences, share_prompts)
+    assert len(rows) == (len(questions) if share_prompts else 2 * len(items))
+    assert sum(len(b.input_ids) for b in scorer.batches) == len(rows)
     # Base, adapter 1, adapter 2, base again: each swap must leave nothing of the previous one behind.
     results = [
         scorer.score_base(),
@@ -136,11 +165,44 @@ def test_batched_scorer_with_adapter_swaps_equals_per_item_reference(cfg, tokeni
         scorer.score_adapter(adapters[1]),
         scorer.score_base(),
     ]
-    for scores, adapter in zip(results, [None, adapters[0], adapters[1], None]):
-        assert_scores_equal(scores, *reference_scores(fresh_model(cfg, adapter), tokenizer, items, 1000))
+    base, first, second = mixed_references
+    for scores, reference in zip(results, [base, first, second, base]):
+        assert_scores_equal(scores, *reference)
     # The adapters change the scores (so "equal" above is not the base model three times).
     assert abs(results[1].positive[0] - results[0].positive[0]) > 1e-3
     assert abs(results[2].positive[0] - results[1].positive[0]) > 1e-3
+    # Merging and unmerging leave the base weights exactly as loaded (PEFT wraps the same tensors).
+    for (name, param), value in zip(base_params, base_values):
+        assert torch.equal(param, value), name
+
+
+def test_an_adapter_of_another_config_is_built_anew_and_scored_exactly(
+    cfg, tokenizer, mixed_items, mixed_references, adapters, tmp_path
+):
+    # Same config: the tensors are copied into the active adapter; another rank: a new adapter replaces it.
+    other = save_random_adapter(cfg, 3, tmp_path / "r8", r=8)
+    scorer = alp.CheckpointScorer(fresh_model(cfg), tokenizer, mixed_items, 1000, 600)
+    first = scorer.score_adapter(adapters[0])
+    slot = scorer.active
+    second = scorer.score_adapter(adapters[1])
+    assert scorer.active == slot
+    small = scorer.score_adapter(other)
+    assert scorer.active != slot and scorer.model.peft_config[scorer.active].r == 8
+    again = scorer.score_adapter(adapters[0])
+    assert list(scorer.model.peft_config) == [scorer.active]  # one adapter in memory
+    assert_scores_equal(first, *mixed_references[1])
+    assert_scores_equal(second, *mixed_references[2])
+    assert_scores_equal(small, *reference_scores(fresh_model(cfg, other), tokenizer, mixed_items, 1000))
+    assert_scores_equal(again, *mixed_references[1])
+
+
+def test_prompt_sharing_needs_a_masked_attention(cfg, tokenizer, probe_records):
+    from reverse_align.errors import UserError
+
+    model = fresh_model(cfg)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UserError, match="share_prompts"):
+        alp.CheckpointScorer(model, tokenizer, alp.probe_items(probe_records), 1000, 4096, share_prompts=True)
 
 
 def test_summary_is_the_mean_over_items_per_test(cfg, tokenizer, probe_records):
