@@ -1,10 +1,12 @@
 """Stage-by-stage wall time of `main` on a preset (issue 10: the whole tiny study in 15 minutes on
-2 CPU cores; today's stages -- pretrain, data, invert, 4 SFT, 4 DPO -- in about 6).
+2 CPU cores).
 
-Runs `reverse-align main --preset tiny` against a throwaway MLflow store and prints each child run's
-wall time (end - start) and its share of the `main` run, plus the held-out exact match each SFT run
-logged, so a speed-up that loses the learning signal shows in the same table. With --store, reads the
-newest `main` run of an existing store instead of running one (a "before" reference).
+Runs `reverse-align main --preset tiny` against a throwaway MLflow store and prints each stage's
+start (seconds after main began), its wall time and whether it was reused (main/stages.json), with
+each evaluation's held-out exact match, so a speed-up that loses the learning signal shows in the
+same table; stages run side by side (main.jobs), so the seconds sum to more than the wall time.
+With --store, reads the newest `main` run of an existing store instead of running one (a main run
+from before main/stages.json: each child run's end - start, the "before" reference).
 
 Usage: python bench/main_stages.py [--preset tiny] [--set section.key=value ...] [--store URI]
 """
@@ -31,6 +33,8 @@ def stage_name(run) -> str:
 
 
 def report(uri: str) -> None:
+    import json
+
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -40,9 +44,38 @@ def report(uri: str) -> None:
     if not mains:
         sys.exit(f"no main run in {uri}")
     main = mains[0]
+    total = ((main.info.end_time or int(time.time() * 1000)) - main.info.start_time) / 1000
+    listed = {a.path for a in client.list_artifacts(main.info.run_id, "main")}
+    record = None  # a main run from before main/stages.json: its child runs' own times
+    if "main/stages.json" in listed:
+        with open(client.download_artifacts(main.info.run_id, "main/stages.json")) as f:
+            record = json.load(f)
+    if record is None:
+        return report_children(client, experiment, main, total)
+    print(f"main run {main.info.run_id} ({main.info.status}): {total:.0f} s wall, {len(record['seconds'])} stages, "
+          f"main.jobs {main.data.params.get('main.jobs', '?')}")
+    print(f"{'stage':<26}{'starts at':>10}{'seconds':>9}  reused  scores (eval runs: forward / reverse / transfer)")
+    busy = 0.0
+    rows = []
+    for key, seconds in record["seconds"].items():
+        run_id = record["runs"].get(key)
+        run = client.get_run(run_id) if run_id else None
+        offset = (run.info.start_time - main.info.start_time) / 1000 if run and key not in record["reused"] else 0.0
+        scores = ""
+        if run is not None and run.data.tags.get("reverse_align.stage") == "evaluate":
+            m = run.data.metrics
+            scores = " / ".join(f"{m.get(f'eval/synthetic_{n}/accuracy', float('nan')):.3f}"
+                                for n in ("forward", "reverse", "transfer"))
+        rows.append((offset, key, seconds, key in record["reused"], scores))
+        busy += seconds
+    for offset, key, seconds, reused, scores in sorted(rows):
+        print(f"{key:<26}{offset:>10.0f}{seconds:>9.1f}  {'yes' if reused else 'no':>6}  {scores}")
+    print(f"stage seconds summed {busy:.0f} s over {total:.0f} s wall: {busy / total:.2f} stages at a time on average")
+
+
+def report_children(client, experiment, main, total: float) -> None:
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{main.info.run_id}'",
                                   order_by=["attributes.start_time ASC"])
-    total = ((main.info.end_time or int(time.time() * 1000)) - main.info.start_time) / 1000
     print(f"main run {main.info.run_id} ({main.info.status}): {total:.0f} s wall, {len(children)} stage runs")
     print(f"{'stage':<16}{'seconds':>9}{'share':>8}  held-out exact match (trained / base)")
     for run in children:
