@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -147,7 +148,8 @@ def serve(tracking_uri: str) -> Iterator[str]:
 @contextlib.contextmanager
 def chromium(browser: str) -> Iterator[str]:
     """Headless Chromium with its DevTools endpoint; yields the first page's websocket URL."""
-    with tempfile.TemporaryDirectory(prefix="reverse-align-chromium-") as profile:
+    # Chromium's helper processes may still touch the profile as it goes: never fail over removing it.
+    with tempfile.TemporaryDirectory(prefix="reverse-align-chromium-", ignore_cleanup_errors=True) as profile:
         command = [
             browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run",
             "--disable-dev-shm-usage", f"--window-size={WINDOW[0]},{WINDOW[1]}", "--remote-debugging-port=0",
@@ -166,12 +168,19 @@ def chromium(browser: str) -> Iterator[str]:
                 targets = json.load(response)
             yield next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """The browser and every helper process it started (its own session: one process group)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class DevTools:

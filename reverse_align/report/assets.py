@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
+import tempfile
 from pathlib import Path
 
 from reverse_align import sweep_plots, tracking
@@ -79,16 +80,14 @@ def sweep_figure(study: Study, out_dir: Path) -> Path | None:
     if study.run("sweep") is None:
         return None
     artifact = f"{tracking.ARTIFACT_FIGURES}/{sweep_plots.OBJECTIVE_VS_BETA}"
-    try:
-        local = mlflow.MlflowClient(tracking.tracking_uri()).download_artifacts(
-            study.keys["sweep"], artifact, str(out_dir)
-        )
-    except (MlflowException, OSError):
-        return None
     target = out_dir / sweep_plots.OBJECTIVE_VS_BETA
-    if Path(local) != target:
+    # Fetched beside, not into, out_dir: its figures/ holds the UI screenshots.
+    with tempfile.TemporaryDirectory(prefix="reverse-align-report-") as tmp:
+        try:
+            local = mlflow.MlflowClient(tracking.tracking_uri()).download_artifacts(study.keys["sweep"], artifact, tmp)
+        except (MlflowException, OSError):
+            return None
         shutil.move(local, target)
-        shutil.rmtree(out_dir / tracking.ARTIFACT_FIGURES, ignore_errors=True)
     return target
 
 

@@ -223,6 +223,7 @@ def test_screenshots_setting(tmp_path, monkeypatch, client):
     run_id = run_report(cfg("tiny", "report.screenshots=auto"), experiment="report-shots", output=str(tmp_path / "out"))
     out_dir = tmp_path / "out" / "report-shots"
     assert "![runs](figures/ui/runs.png)" in (out_dir / "report.md").read_text()
+    assert (out_dir / "figures" / "ui" / "runs.png").is_file() and (out_dir / "sweep_objective_vs_beta.png").is_file()
     assert (out_dir / "figures" / "ui" / "args.txt").read_text() == "report-shots reverse-align-adapter"
     assert "figures/ui/runs.png" in {a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_UI_SCREENSHOTS)}
     # A browser that fails: `auto` warns and reports without screenshots, `true` fails the report.
