@@ -53,14 +53,14 @@ def mixing(study: Study) -> str:
             spread += [stat.sd] if stat.sd is not None else []
     if "mixed" not in means or not ({"forward", "reverse"} & set(means)):
         return "Whether mixing hurt cannot be said: the mixed or both single-direction SFT evaluations are missing."
-    singles = [means[m] for m in ("forward", "reverse") if m in means]
-    best = max(singles)
-    gap = means["mixed"] - best
+    best = max((m for m in ("forward", "reverse") if m in means), key=means.get)
+    gap = means["mixed"] - means[best]
     text = (
-        f"Mixing both directions (D) averages {_pct(means['mixed'])}, {_pts(gap)} against the better single direction"
+        f"Mixing both directions (D) averages {_pct(means['mixed'])}, {_pts(gap)} against the better single "
+        f"direction ({best}: {_pct(means[best])})"
     )
     if "mixed_half" in means:
-        text += f" (0.5k: {_pct(means['mixed_half'])})"
+        text += f", and {_pct(means['mixed_half'])} at one direction's budget (0.5k)"
     sd = max(spread) if spread else None
     if sd is None:
         return text + "; with one seed the spread is unmeasured, so this is no verdict on whether mixing hurt."

@@ -128,6 +128,11 @@ def test_paired_difference_and_opening(whole):
     opening = text.split("\n\n")[2]
     assert opening.startswith("Reverse SFT (r1k) averages") and opening.count(". ") >= 2
     assert "paired difference of" in opening and "DPO changed the SFT average" in opening
+    means = {mix: statistics.fmean(logged.metrics[f"eval.sft.{mix}.seed{s}"][metric("average")] for s in (0, 1))
+             for mix in ("forward", "reverse", "mixed", "mixed_half")}  # fmt: skip
+    best = max(("forward", "reverse"), key=means.get)
+    assert (f"against the better single direction ({best}: {100 * means[best]:.1f}%), and "
+            f"{100 * means['mixed_half']:.1f}% at one direction's budget (0.5k)") in opening  # fmt: skip
     # Figure 2's margin line: the mixed margin (0.08) is smaller than forward's and reverse's (0.4).
     assert "mixed margin (D_m,T_m) ends at 0.080, smaller than 0.400 (D_f,T_f), 0.400 (D_r,T_r)" in text
     wall = table(text, "Stage wall times")
