@@ -88,15 +88,7 @@ def ours(cfg, base, tokenizer, items, adapters):
     from reverse_align.models import load_model
     from reverse_align.probe.alp import CheckpointScorer
 
-    scorer = CheckpointScorer(
-        load_model(cfg, base),
-        tokenizer,
-        items,
-        cfg.probe.max_response_tokens,
-        cfg.probe.batch_tokens,
-        merge=cfg.probe.merge_adapters,
-        share_prompts=cfg.probe.share_prompts,
-    )
+    scorer = CheckpointScorer.from_config(cfg.probe, load_model(cfg, base), tokenizer, items)
     return [scorer.score_adapter(a) for a in adapters]
 
 

@@ -274,6 +274,14 @@ class CheckpointScorer:
     (:func:`pack_rows`; needs an attention that takes a 4D mask: sdpa, eager, sdpa_varlen).
     """
 
+    @classmethod
+    def from_config(cls, probe_cfg, model, tokenizer, items: list[ProbeItem]) -> CheckpointScorer:
+        """With the ``probe:`` section's response cap, batch size, merging and prompt sharing."""
+        return cls(
+            model, tokenizer, items, probe_cfg.max_response_tokens, probe_cfg.batch_tokens,
+            merge=probe_cfg.merge_adapters, share_prompts=probe_cfg.share_prompts,
+        )  # fmt: skip
+
     def __init__(
         self,
         model,

@@ -109,15 +109,7 @@ def make_scorer(cfg: Config, data_run_id: str):
     base_path = resolve_base_model(cfg)
     tokenizer = load_tokenizer(cfg, base_path)
     model = load_model(cfg, base_path)
-    return CheckpointScorer(
-        model,
-        tokenizer,
-        items,
-        cfg.probe.max_response_tokens,
-        cfg.probe.batch_tokens,
-        merge=cfg.probe.merge_adapters,
-        share_prompts=cfg.probe.share_prompts,
-    )
+    return CheckpointScorer.from_config(cfg.probe, model, tokenizer, items)
 
 
 def log_items_table(rows: list[dict]) -> None:
