@@ -1,6 +1,8 @@
 """The tiny study's SFT table from a tracking store: base and each mix on the forward, reverse and
-transfer held-out problems (greedy exact match, `sft/exact_match/<set>`), mean and spread over the
-FINISHED SFT runs of each mix (one per `sft.seed`), with the runs' seeds.
+transfer held-out problems (greedy exact match: the SFT run's quick check `sft/exact_match/<set>`,
+else the `evaluate` score copied onto it, `eval/synthetic_<set>/accuracy`), mean and spread over the
+FINISHED SFT runs of each mix (one per `sft.seed`), with the runs' seeds. (`main`'s report gives
+the same table from its own runs; this reads any store.)
 
 Only runs with the preset's SFT settings count (`reverse_align.config_hash` of `--preset` with
 `--set` overrides, any `sft.seed` below 100): exploratory runs in the same store are left out.
@@ -22,6 +24,16 @@ def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def score(run, test: str) -> float | None:
+    from reverse_align import tracking
+
+    metrics = run.data.metrics
+    for key in (tracking.metric_sft_exact_match(test), tracking.metric_eval_accuracy(f"synthetic_{test}")):
+        if key in metrics:
+            return metrics[key]
+    return None
 
 
 def main() -> None:
@@ -48,14 +60,18 @@ def main() -> None:
           "greedy exact match, mean ± sample std over seeds")
     print(f"| model | seeds | {' | '.join(SETS)} |")
     print(f"| --- | --- | {' | '.join('---' for _ in SETS)} |")
-    base = {s: [r.data.metrics[tracking.metric_sft_exact_match(s, base=True)] for r in runs
-                if tracking.metric_sft_exact_match(s, base=True) in r.data.metrics] for s in SETS}
+    base_evals = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{tracking.TAG_STAGE}` = 'evaluate' and params.`eval.run_id` = 'base' and attributes.status = 'FINISHED'",
+    )
+    base = {s: [r.data.metrics[key] for group, key in ((runs, tracking.metric_sft_exact_match(s, base=True)),
+                                                        (base_evals, tracking.metric_eval_accuracy(f"synthetic_{s}")))
+                for r in group if key in r.data.metrics] for s in SETS}
     print(f"| base | (all runs) | {' | '.join(cell(sorted(set(base[s]))) for s in SETS)} |")
     for mix in MIXES:
         mine = [r for r in runs if r.data.params.get("sft.mix") == mix]
         seeds = sorted(int(r.data.params.get("sft.seed", -1)) for r in mine)
-        values = {s: [r.data.metrics[tracking.metric_sft_exact_match(s)] for r in mine
-                      if tracking.metric_sft_exact_match(s) in r.data.metrics] for s in SETS}
+        values = {s: [score(r, s) for r in mine if score(r, s) is not None] for s in SETS}
         print(f"| {mix} | {','.join(map(str, seeds)) or '-'} | {' | '.join(cell(values[s]) for s in SETS)} |")
 
 
