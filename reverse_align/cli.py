@@ -9,13 +9,12 @@ Unknown flags are an error (exit 2), like a misspelled config key.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import traceback
 from dataclasses import dataclass, field
 
 from reverse_align.errors import UserError
-from reverse_align.scheduler import StageFailed
+from reverse_align.scheduler import StageFailed, resolve
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
     # --preset names the config to load, except where a stage declares its own --preset (promote: a filter).
     preset = args.pop("preset", "") if PRESET in stage.params or stage.default_preset else ""
     if not preset and stage.default_preset:
-        preset = _function(stage.default_preset)(args)
+        preset = resolve(stage.default_preset)(args)
     cfg = load_config(preset or "tiny", overrides)
     kwargs = {}
     for param in stage.params:
@@ -224,13 +223,7 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
             kwargs[param.name] = value
     # Before any MLflow run exists: everything the config needs from this machine, at once.
     preflight.check(cfg, stage_name)
-    _function(stage.target)(cfg, **kwargs)
-
-
-def _function(target: str):
-    """The function a ``module:function`` string names."""
-    module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+    resolve(stage.target)(cfg, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

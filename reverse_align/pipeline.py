@@ -22,7 +22,6 @@ the report reads. Independent stages run side by side (``main.jobs``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import replace
@@ -67,10 +66,6 @@ def find_finished(
     runs = client.search_runs([experiment.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
     runs = [r for r in runs if not any(t in r.data.tags for t in without_tags)]
     return runs[0].info.run_id if runs else None
-
-
-def stage_available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def parse_seeds(seeds: str, cfg: Config) -> list[int]:
@@ -169,12 +164,10 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
          "where": Ref("invert", f"tags.`{up('invert')}` = '{{}}'")},
         after=tuple(evaluated),
     ))  # fmt: skip
-    if stage_available("reverse_align.report.stage"):
-        everything = tuple(job.key for job in jobs)
-        jobs.append(Job(
-            "report", "reverse_align.report.stage:run_report", cfg,
-            {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=everything,
-        ))  # fmt: skip
+    jobs.append(Job(
+        "report", "reverse_align.report.stage:run_report", cfg,
+        {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=tuple(job.key for job in jobs),
+    ))  # fmt: skip
     return jobs
 
 
@@ -202,12 +195,10 @@ def pretrain_base(cfg: Config, rerun: bool, client, parent_id: str, record: dict
 
 
 def champion() -> dict:
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from reverse_align.registry import alias_holder
 
-    try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(tracking.MODEL_ADAPTER, tracking.ALIAS_CHAMPION)
-    except MlflowException:
+    version = alias_holder(tracking.MODEL_ADAPTER, tracking.ALIAS_CHAMPION)
+    if version is None:
         return {}
     return {"model": tracking.MODEL_ADAPTER, "alias": tracking.ALIAS_CHAMPION, "version": version.version,
             "run_id": version.run_id or ""}  # fmt: skip
@@ -293,7 +284,9 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     client.log_metric(parent_id, tracking.METRIC_MAIN_SECONDS, seconds)
     client.set_terminated(parent_id, "FINISHED")
     print(f"[main] study finished in {seconds:.0f} s: run {parent_id}")
-    report = Path("reports") / tracking.experiment_name() / "report.md"
+    from reverse_align.report.stage import report_path
+
+    report = report_path(tracking.experiment_name())
     if report.is_file():
         print(f"[main] report: {report.resolve()}")
     print(f"[main] browse the runs: {ui_hint(experiment.experiment_id)}")

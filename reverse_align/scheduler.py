@@ -21,10 +21,11 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from reverse_align.errors import UserError
 
@@ -70,9 +71,14 @@ class Outcome:
     reused: bool
 
 
-def call(target: str, cfg, args: dict) -> str:
+def resolve(target: str):
+    """The function a ``module:function`` string names."""
     module, _, function = target.partition(":")
-    return str(getattr(importlib.import_module(module), function)(cfg, **args))
+    return getattr(importlib.import_module(module), function)
+
+
+def call(target: str, cfg, args: dict) -> str:
+    return str(resolve(target)(cfg, **args))
 
 
 def _in_worker(target: str, cfg, args: dict, log_path: str, threads: int) -> tuple[str, float]:
@@ -133,6 +139,10 @@ def run_graph(
     outcomes: dict[str, Outcome] = {}
     failure: tuple[str, BaseException] | None = None
     log_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_of(key: str) -> Path:
+        return log_dir / f"{key}.log"
+
     threads = max(1, (os.cpu_count() or 1) // parallel)
 
     def finish(key: str, outcome: Outcome) -> None:
@@ -183,7 +193,7 @@ def run_graph(
                     take_reusable()
                     for job in ready()[: parallel - len(running)]:
                         pending.remove(job)
-                        log = log_dir / f"{job.key}.log"
+                        log = log_of(job.key)
                         say(f"[main] {job.key}: running ({threads} thread{'s' * (threads > 1)}, log {log})")
                         future = pool.submit(_in_worker, job.target, job.cfg, job.resolved_args(done), str(log), threads)
                         running[future] = job
@@ -197,7 +207,7 @@ def run_graph(
                     except BaseException as exc:
                         if failure is None:
                             failure = (job.key, exc)
-                        say(f"[main] {job.key}: failed ({log_dir / (job.key + '.log')})")
+                        say(f"[main] {job.key}: failed ({log_of(job.key)})")
                         continue
                     finish(job.key, Outcome(run_id, seconds, False))
                     say(f"[main] {job.key}: done in {seconds:.0f} s (run {run_id})")
@@ -206,6 +216,6 @@ def run_graph(
         if isinstance(exc, UserError):
             raise UserError(f"stage {key}: {exc}") from None
         if isinstance(exc, StageFailed):
-            raise StageFailed(f"stage {key}: {exc} (log: {log_dir / (key + '.log')})") from None
+            raise StageFailed(f"stage {key}: {exc} (log: {log_of(key)})") from None
         raise exc
     return outcomes

@@ -158,6 +158,11 @@ def _paired_metrics(result: Paired) -> dict[str, float]:
     return {"diff": result.diff, "ci_low": result.low, "ci_high": result.high}
 
 
+def report_path(experiment: str, output: str = "reports") -> Path:
+    """``<output>/<experiment>/report.md``, the experiment name made safe as a folder name."""
+    return Path(output or "reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment) / tracking.ARTIFACT_REPORT
+
+
 def run_report(cfg: Config, experiment: str = "", output: str = "reports", main_run_id: str = "") -> str:
     """Write and log the report; returns the report run id. ``cfg``: the study's preset (see study_preset)."""
     import mlflow
@@ -166,7 +171,7 @@ def run_report(cfg: Config, experiment: str = "", output: str = "reports", main_
     main_run, stages = find_main_run(experiment, main_run_id)
     study = Study(main_run.info.run_id, stages)
     want_screenshots = assets.screenshots_wanted(cfg.report.screenshots)
-    out_dir = Path(output or "reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    out_dir = report_path(experiment, output).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     params = {
