@@ -25,9 +25,19 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.params[param] for t in pruned], last, marker="x", color="grey", label="pruned (last checkpoint)")
-    ax.scatter([best.params[param]], [best.value], s=160, facecolors="none", edgecolors="red", label=f"best {param}={best.params[param]:g}")
-    first = _finish(plt, fig, ax, f"DPO {param}", objective, f"{study.study_name}\n{len(complete)} completed trials",
-                    out_dir / OBJECTIVE_VS_BETA, title_size=8)  # fmt: skip
+    ax.scatter(
+        [best.params[param]],
+        [best.value],
+        s=160,
+        facecolors="none",
+        edgecolors="red",
+        label=f"best {param}={best.params[param]:g}",
+    )
+    n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    title = f"{objective} against DPO {param}: {len(complete)} completed, {n_pruned} pruned trials"
+    # The study name is a hash of what the sweep depends on: it tells two sweeps apart, not what this one is.
+    fig.text(0.99, 0.01, f"study {study.study_name}", ha="right", va="bottom", fontsize=6, color="grey")
+    first = _finish(plt, fig, ax, f"DPO {param}", objective, title, out_dir / OBJECTIVE_VS_BETA)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     numbers = [t.number for t in complete]
@@ -37,15 +47,17 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
     ax.step(numbers, running_best, where="post", color="red", label="best so far")
     for t in complete:
         ax.annotate(f"{t.params[param]:g}", (t.number, t.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    second = _finish(plt, fig, ax, "trial number", objective, "optimization history (labels: beta)", out_dir / HISTORY)
+    second = _finish(
+        plt, fig, ax, "trial number", objective, f"optimization history (labels: {param})", out_dir / HISTORY
+    )
     return [first, second]
 
 
-def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path, title_size: int = 9) -> Path:
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
     """Labels, grid and legend of one sweep figure, written to ``path``."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=title_size)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
