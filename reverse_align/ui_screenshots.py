@@ -8,8 +8,11 @@ React app has drawn what the page is for (charts, model versions), and saves 160
 The pages, as MLflow 3.17's UI reads its URL (``mlflow/server/js/build``):
 - charts: ``#/experiments/<id>/runs?searchFilter=tags.`reverse_align.stage` = 'sft'&compareRunsMode=CHART``
   with ``orderByKey=tags.`mlflow.runName``` (any order but start time lists child runs flat, not folded
-  under their ``main`` run) and ``workflowType=machine_learning`` (else the UI opens as GenAI); the
-  chart search box is then set to ``train/`` so the per-step training curves fill the view.
+  under their ``main`` run) and ``workflowType=machine_learning`` (else the UI opens as GenAI). When
+  some SFT run has been evaluated (``evaluate`` copies its scores onto it), the filter keeps those
+  runs (``metrics.`eval/average` >= 0``) and the chart search box is set to ``eval/``: one bar per
+  run for each benchmark and the average, Table 1 in the UI. Otherwise it is set to ``loss`` and
+  every SFT run's training curve is shown.
 - model: ``#/models/<name>?workflowType=machine_learning``: its versions, aliases and source runs.
 
 Chromium's own ``--screenshot`` shoots after a fixed virtual time, before the metric histories
@@ -43,7 +46,11 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 SERVER_START_S = 180.0  # `mlflow server` on a fresh sqlite file migrates its tables first (tens of seconds on 2 cores)
 PAGE_READY_S = 90.0  # the React app, its metric histories and plotly's drawing
 SETTLE_S = 1.5  # after the page looks ready: animations, the last chart's axes
-CHARTS_SEARCH = "loss"  # the charts shown: train/loss per step (and its epoch means)
+EVAL_SEARCH = "eval/"  # evaluate's scores on the SFT runs: accuracy per benchmark and the average
+LOSS_SEARCH = "loss"  # before any evaluation: train/loss per step (and its epoch means)
+
+SFT_FILTER = f"tags.`{tracking.TAG_STAGE}` = 'sft'"
+EVALUATED_FILTER = f"metrics.`{tracking.METRIC_EVAL_AVERAGE}` >= 0"  # evaluate has copied its scores onto the run
 
 FILE_CHARTS = "sft_runs_chart.png"
 FILE_MODEL = "registered_model.png"
@@ -71,13 +78,17 @@ def find_browser() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise UserError("UI screenshots need Chromium on PATH (apt-get install chromium, or set PATH); none of " + ", ".join(BROWSERS) + " found")
+    raise UserError(
+        "UI screenshots need Chromium on PATH (apt-get install chromium, or set PATH); none of "
+        + ", ".join(BROWSERS)
+        + " found"
+    )
 
 
-def charts_url(base: str, experiment_id: str) -> str:
+def charts_url(base: str, experiment_id: str, search_filter: str = SFT_FILTER) -> str:
     query = urllib.parse.urlencode(
         {
-            "searchFilter": f"tags.`{tracking.TAG_STAGE}` = 'sft'",
+            "searchFilter": search_filter,
             "orderByKey": f"tags.`{tracking.TAG_RUN_NAME}`",
             "orderByAsc": "true",
             "compareRunsMode": "CHART",
@@ -103,14 +114,24 @@ def capture(tracking_uri: str, experiment_name: str, out_dir: Path, model_name: 
             raise UserError(f"no experiment {experiment_name!r} in {_redacted(tracking_uri)}")
         if "registered_model" not in _get_json(base, "registered-models/get", name=model_name):
             raise UserError(f"no registered model {model_name!r} in {_redacted(tracking_uri)}")
-        sft = _post_json(base, "runs/search", {
-            "experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 1,
-            "filter": f"tags.`{tracking.TAG_STAGE}` = 'sft'",
-        })  # fmt: skip
-        if not sft.get("runs"):
+        experiment_id = experiment["experiment"]["experiment_id"]
+
+        def any_run(search_filter: str) -> bool:
+            found = _post_json(
+                base, "runs/search", {"experiment_ids": [experiment_id], "max_results": 1, "filter": search_filter}
+            )
+            return bool(found.get("runs"))
+
+        if not any_run(SFT_FILTER):
             raise UserError(f"experiment {experiment_name!r} has no sft run to chart")
+        evaluated = f"{SFT_FILTER} and {EVALUATED_FILTER}"
+        charts = (
+            (charts_url(base, experiment_id, evaluated), EVAL_SEARCH)
+            if any_run(evaluated)
+            else (charts_url(base, experiment_id), LOSS_SEARCH)
+        )
         pages = [
-            (charts_url(base, experiment["experiment"]["experiment_id"]), _CHARTS_READY, CHARTS_SEARCH, out_dir / FILE_CHARTS),
+            (charts[0], _CHARTS_READY, charts[1], out_dir / FILE_CHARTS),
             (model_url(base, model_name), _MODEL_READY, None, out_dir / FILE_MODEL),
         ]  # fmt: skip
         with chromium(browser) as ws_url:
@@ -218,14 +239,22 @@ async def _shoot_all(ws_url: str, pages) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
         devtools = DevTools(ws)
         await devtools.call("Page.enable")
-        await devtools.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1, mobile=False)
+        await devtools.call(
+            "Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1, mobile=False
+        )
         for url, ready, charts_search, path in pages:
             await devtools.call("Page.navigate", url=url)
-            await devtools.wait_for("document.readyState === 'complete' && !!document.querySelector('#root *')", PAGE_READY_S, url)
+            await devtools.wait_for(
+                "document.readyState === 'complete' && !!document.querySelector('#root *')", PAGE_READY_S, url
+            )
             await asyncio.sleep(SETTLE_S)
             await devtools.evaluate(_CLOSE_ASSISTANT)
             if charts_search:
-                await devtools.wait_for("!!document.querySelector('input[placeholder=\"Search metric charts\"]')", PAGE_READY_S, "the charts' search box")
+                await devtools.wait_for(
+                    "!!document.querySelector('input[placeholder=\"Search metric charts\"]')",
+                    PAGE_READY_S,
+                    "the charts' search box",
+                )
                 await devtools.evaluate("document.querySelector('input[placeholder=\"Search metric charts\"]').focus()")
                 await devtools.call("Input.insertText", text=charts_search)
             await devtools.wait_for(ready, PAGE_READY_S, path.stem.replace("_", " "))
@@ -252,7 +281,9 @@ def _get_json(base: str, endpoint: str, **query) -> dict:
 
 def _post_json(base: str, endpoint: str, body: dict) -> dict:
     request = urllib.request.Request(
-        f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{base}/api/2.0/mlflow/{endpoint}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
