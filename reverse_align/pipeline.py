@@ -23,6 +23,7 @@ the report reads. Independent stages run side by side (``main.jobs``).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -205,7 +206,11 @@ def champion() -> dict:
 
 
 def log_dir(parent_id: str) -> Path:
-    """Where stages running side by side write their output (logged to the main run at the end)."""
+    """Where stages running side by side write their output.
+
+    Logged to the main run at the end; removed after a finished study, kept after a failure
+    (its error line names the failed stage's log there).
+    """
     from reverse_align.models import cache_dir
 
     return cache_dir() / "main-logs" / parent_id
@@ -283,6 +288,7 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     seconds = time.perf_counter() - started
     client.log_metric(parent_id, tracking.METRIC_MAIN_SECONDS, seconds)
     client.set_terminated(parent_id, "FINISHED")
+    shutil.rmtree(log_dir(parent_id), ignore_errors=True)  # the main run holds them (main/logs/)
     print(f"[main] study finished in {seconds:.0f} s: run {parent_id}")
     from reverse_align.report.stage import report_path
 

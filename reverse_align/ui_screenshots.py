@@ -2,7 +2,7 @@
 
 :func:`capture` serves the store with ``mlflow server`` on 127.0.0.1 (or uses an ``http(s)`` tracking
 URI as it is), opens each page in headless Chromium through its DevTools protocol, waits until the
-React app has drawn what the page is for (charts, model versions), and saves 1600x1000 PNGs. The
+React app has drawn what the page is for (charts, model versions), and saves 1600 px wide PNGs. The
 ``report`` stage logs them under ``figures/ui/``.
 
 The pages, as MLflow 3.17's UI reads its URL (``mlflow/server/js/build``):
@@ -42,6 +42,9 @@ from reverse_align import tracking
 from reverse_align.errors import UserError
 
 WINDOW = (1600, 1000)
+# The eval charts: the UI gives each of eval/average and eval/<benchmark>/accuracy a section of its own
+# (about 370 px high), so four sections need a taller page to show at once.
+EVAL_CHARTS_WINDOW = (1600, 1800)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "chrome-headless-shell")
 SERVER_START_S = 180.0  # `mlflow server` on a fresh sqlite file migrates its tables first (tens of seconds on 2 cores)
 PAGE_READY_S = 90.0  # the React app, its metric histories and plotly's drawing
@@ -126,13 +129,13 @@ def capture(tracking_uri: str, experiment_name: str, out_dir: Path, model_name: 
             raise UserError(f"experiment {experiment_name!r} has no sft run to chart")
         evaluated = f"{SFT_FILTER} and {EVALUATED_FILTER}"
         charts = (
-            (charts_url(base, experiment_id, evaluated), EVAL_SEARCH)
+            (charts_url(base, experiment_id, evaluated), EVAL_SEARCH, EVAL_CHARTS_WINDOW)
             if any_run(evaluated)
-            else (charts_url(base, experiment_id), LOSS_SEARCH)
+            else (charts_url(base, experiment_id), LOSS_SEARCH, WINDOW)
         )
         pages = [
-            (charts[0], _CHARTS_READY, charts[1], out_dir / FILE_CHARTS),
-            (model_url(base, model_name), _MODEL_READY, None, out_dir / FILE_MODEL),
+            (charts[0], _CHARTS_READY, charts[1], charts[2], out_dir / FILE_CHARTS),
+            (model_url(base, model_name), _MODEL_READY, None, WINDOW, out_dir / FILE_MODEL),
         ]  # fmt: skip
         with chromium(browser) as ws_url:
             asyncio.run(_shoot_all(ws_url, pages))
@@ -239,10 +242,10 @@ async def _shoot_all(ws_url: str, pages) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
         devtools = DevTools(ws)
         await devtools.call("Page.enable")
-        await devtools.call(
-            "Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1, mobile=False
-        )
-        for url, ready, charts_search, path in pages:
+        for url, ready, charts_search, (width, height), path in pages:
+            await devtools.call(
+                "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+            )
             await devtools.call("Page.navigate", url=url)
             await devtools.wait_for(
                 "document.readyState === 'complete' && !!document.querySelector('#root *')", PAGE_READY_S, url
@@ -260,7 +263,7 @@ async def _shoot_all(ws_url: str, pages) -> None:
             await devtools.wait_for(ready, PAGE_READY_S, path.stem.replace("_", " "))
             # No focus ring on the search box, no hover toolbar over a chart.
             await devtools.evaluate("document.activeElement && document.activeElement.blur()")
-            await devtools.call("Input.dispatchMouseEvent", type="mouseMoved", x=WINDOW[0] - 2, y=WINDOW[1] - 2)
+            await devtools.call("Input.dispatchMouseEvent", type="mouseMoved", x=width - 2, y=height - 2)
             await asyncio.sleep(SETTLE_S)
             shot = await devtools.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
             path.write_bytes(base64.b64decode(shot["data"]))

@@ -8,7 +8,7 @@ from report_store import metric, parse, pct, table
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.errors import UserError
-from reverse_align.pipeline import run_main
+from reverse_align.pipeline import log_dir, run_main
 
 OVERRIDES = ["data.seed=7", "pretrain.steps=5", "pretrain.registered_model=reverse-align-tiny-base-pipeline",
              "sft.exact_match_limit=0", "eval.max_new_tokens=16", "probe.sft_epochs=2", "probe.dpo_epochs=1",
@@ -76,6 +76,7 @@ def test_main_runs_the_whole_study_side_by_side_then_reuses_it(micro_base, clien
     assert parent.info.run_name == "main-micro"
     logs = {a.path for a in client.list_artifacts(first, tracking.ARTIFACT_MAIN_LOGS)}
     assert f"{tracking.ARTIFACT_MAIN_LOGS}/sft.forward.seed0.log" in logs
+    assert not log_dir(first).exists()  # logged to the run, so not left on disk
 
     # The report, written by main's last stage, holds exactly the metrics of the runs it names.
     report_run = client.get_run(runs["report"])

@@ -32,15 +32,21 @@ def _get(base: str, endpoint: str, **query) -> dict:
 
 def _post(base: str, endpoint: str, body: dict) -> dict:
     request = urllib.request.Request(
-        f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{base}/api/2.0/mlflow/{endpoint}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as r:
         return json.load(r)
 
 
 def test_rest_api_lists_the_runs_with_tags_and_full_metric_histories(store_server, micro_sft, micro_invert, client):
-    experiment = _get(store_server, "experiments/get-by-name", experiment_name=tracking.DEFAULT_EXPERIMENT)["experiment"]
-    assert {t["key"]: t["value"] for t in experiment["tags"]}[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    experiment = _get(store_server, "experiments/get-by-name", experiment_name=tracking.DEFAULT_EXPERIMENT)[
+        "experiment"
+    ]
+    assert {t["key"]: t["value"] for t in experiment["tags"]}[
+        tracking.TAG_EXPERIMENT_KIND
+    ] == "custom_model_development"
     found = _post(
         store_server, "runs/search",
         {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`{tracking.TAG_STAGE}` = 'sft'", "max_results": 1000},
@@ -66,8 +72,13 @@ def test_rest_api_lists_the_runs_with_tags_and_full_metric_histories(store_serve
         assert sorted((m["step"], m["timestamp"], m["value"]) for m in served) == sorted(
             (m.step, m.timestamp, m.value) for m in direct
         ), key
-    losses = sorted(_get(store_server, "metrics/get-history", run_id=micro_sft, metric_key="train/loss")["metrics"], key=lambda m: m["step"])
-    assert [m["step"] for m in losses] == sorted({m["step"] for m in losses}) and losses[0]["value"] != losses[-1]["value"]
+    losses = sorted(
+        _get(store_server, "metrics/get-history", run_id=micro_sft, metric_key="train/loss")["metrics"],
+        key=lambda m: m["step"],
+    )
+    assert [m["step"] for m in losses] == sorted({m["step"] for m in losses}) and losses[0]["value"] != losses[-1][
+        "value"
+    ]
 
 
 def _png_size_and_spread(path: Path) -> tuple[int, int, float]:
@@ -109,14 +120,24 @@ def _png_size_and_spread(path: Path) -> tuple[int, int, float]:
     return width, height, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
-@pytest.mark.skipif(not any(shutil.which(b) for b in ui_screenshots.BROWSERS), reason="Chromium is not on PATH (apt-get install chromium)")
-def test_capture_saves_the_charts_and_the_model_page(store_server, micro_base, tmp_path):
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ui_screenshots.BROWSERS),
+    reason="Chromium is not on PATH (apt-get install chromium)",
+)
+def test_capture_saves_the_charts_and_the_model_page(store_server, micro_base, micro_sft, client, tmp_path):
+    from reverse_align.config import load_config
+    from reverse_align.eval.stage import run_evaluate
+
+    # An evaluated SFT run: the charts show eval scores (taller page), not training loss.
+    if tracking.METRIC_EVAL_AVERAGE not in client.get_run(micro_sft).data.metrics:
+        cfg = load_config("micro", ["eval.limit=5", "eval.max_new_tokens=16", "eval.benchmarks=synthetic_forward"])
+        run_evaluate(cfg, run_id=micro_sft)
     model = "reverse-align-tiny-base-micro"  # registered by the micro pretrain run
     paths = ui_screenshots.capture(store_server, tracking.DEFAULT_EXPERIMENT, tmp_path / "ui", model)
     assert [p.name for p in paths] == [ui_screenshots.FILE_CHARTS, ui_screenshots.FILE_MODEL]
-    for path in paths:
+    for path, size in zip(paths, (ui_screenshots.EVAL_CHARTS_WINDOW, ui_screenshots.WINDOW)):
         width, height, spread = _png_size_and_spread(path)
-        assert (width, height) == ui_screenshots.WINDOW
+        assert (width, height) == size
         assert spread > 10, f"{path.name} looks blank (grey-level spread {spread:.1f})"
 
 
