@@ -370,11 +370,11 @@ class CheckpointScorer:
     def _overwrite_active(self, adapter_dir: str) -> bool:
         """Load the adapter's weights into the active one in place when both have the same config and tensors.
 
-        Checkpoints of one run share their LoRA config: copying the tensors in costs a fifth of
-        building a new adapter (0.005 vs 0.03 s on the tiny model). The active adapter's tensors
-        are looked up once (peft's state dict holds views of the parameters, under the names
-        the adapter files use) and each later checkpoint is copied straight into them.
-        Anything else returns False.
+        Checkpoints of one run share their LoRA config: on the tiny model a later checkpoint is
+        swapped in (read, copied, merged) in 0.017 s against 0.09 s for the first, which builds the
+        adapter. The active adapter's tensors are looked up once (peft's state dict holds the
+        parameters themselves, under the names the adapter files use) and each later checkpoint
+        is copied straight into them. Anything else returns False.
         """
         import torch
         from peft import PeftConfig
@@ -386,7 +386,7 @@ class CheckpointScorer:
         _, active_config, slots = self._slots
         if config != active_config:
             return False
-        weights = load_peft_weights(adapter_dir, device="cpu")
+        weights = load_peft_weights(adapter_dir, device=str(next(iter(slots.values())).device))
         if set(weights) != set(slots) or any(weights[k].shape != slots[k].shape for k in weights):
             return False
         with torch.no_grad():
