@@ -16,6 +16,12 @@ def test_pretrain_registers_a_loadable_qwen2_model(micro_base, client):
     assert run.data.tags[tracking.TAG_STAGE] == "pretrain"
     assert run.data.tags[tracking.TAG_PRESET] == "micro"
     assert run.data.metrics["pretrain/loss"] > 0
+    import torch
+
+    # Which machine trained it: runs of one commit and seed differ across CPU kinds.
+    hardware = run.data.tags[tracking.TAG_HARDWARE]
+    assert hardware.startswith("cpu ") and f"{torch.backends.cpu.get_cpu_capability()})" in hardware
+    assert hardware.endswith(f"torch {torch.__version__}")
     cfg = load_config("micro")
     version = find_tiny_base(cfg)
     assert version.run_id == micro_base and version.name == "reverse-align-tiny-base-micro"
