@@ -62,7 +62,10 @@ def paired_difference(pairs: list[tuple[Scores, Scores]], resamples: int = 2000,
         n_q = matrix.shape[1]
         question_counts = rng.multinomial(n_q, [1 / n_q] * n_q, size=resamples)  # resamples x questions
         stats += ((seed_counts @ matrix) * question_counts).sum(axis=1) / (n_seeds * n_q)
-    stats = np.sort(stats / len(matrices))
+    # A replicate is an exact multiple of 1 / (seeds x questions x samples x benchmarks); summed in floats
+    # an exact 0 can come out as 1e-18, whose sign would decide the verdict. Far below that resolution,
+    # rounding puts every replicate back on its exact value.
+    stats = np.sort(np.round(stats / len(matrices), 12))
     diff = float(np.mean([m.mean() for m in matrices]))
     low = float(stats[int(0.025 * (resamples - 1))])
     high = float(stats[math.ceil(0.975 * (resamples - 1))])
