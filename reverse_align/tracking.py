@@ -39,8 +39,9 @@ TAG_CONFIG_HASH = "reverse_align.config_hash"
 # The rule for examples over model.max_length tokens (reverse_align.data.lengths.RULE), on data, invert, sft runs.
 TAG_LENGTH_RULE = "reverse_align.length_rule"
 # What the run computed on (tracking.hardware()): CPU model and torch's CPU kernels, threads, GPUs, torch.
-# Training is bit-reproducible on one kind of machine, not across kinds: float kernels differ by CPU
-# (the tiny study's forward SFT reached 37% on one kind and 89% on another, same commit and seeds).
+# Training is bit-reproducible on one kind of machine, not across kinds: float kernels differ by CPU, and
+# the tiny base, pretrained from scratch, amplifies the rounding (forward SFT 37% on one kind, 89% on another,
+# 12% on the first with torch's AVX2 kernels; same commit and seeds).
 TAG_HARDWARE = "reverse_align.hardware"
 # MLflow's own run-name tag (what the UI lists): set by stage_run from tracking.run_name.
 TAG_RUN_NAME = "mlflow.runName"
