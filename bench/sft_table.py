@@ -71,7 +71,7 @@ def main() -> None:
     for mix in MIXES:
         mine = [r for r in runs if r.data.params.get("sft.mix") == mix]
         seeds = sorted(int(r.data.params.get("sft.seed", -1)) for r in mine)
-        values = {s: [score(r, s) for r in mine if score(r, s) is not None] for s in SETS}
+        values = {s: [v for v in (score(r, s) for r in mine) if v is not None] for s in SETS}
         print(f"| {mix} | {','.join(map(str, seeds)) or '-'} | {' | '.join(cell(values[s]) for s in SETS)} |")
 
 

@@ -128,13 +128,12 @@ def capture(tracking_uri: str, experiment_name: str, out_dir: Path, model_name: 
         if not any_run(SFT_FILTER):
             raise UserError(f"experiment {experiment_name!r} has no sft run to chart")
         evaluated = f"{SFT_FILTER} and {EVALUATED_FILTER}"
-        charts = (
-            (charts_url(base, experiment_id, evaluated), EVAL_SEARCH, EVAL_CHARTS_WINDOW)
-            if any_run(evaluated)
-            else (charts_url(base, experiment_id), LOSS_SEARCH, WINDOW)
-        )
+        if any_run(evaluated):
+            charts = (charts_url(base, experiment_id, evaluated), _CHARTS_READY, EVAL_SEARCH, EVAL_CHARTS_WINDOW)
+        else:
+            charts = (charts_url(base, experiment_id), _CHARTS_READY, LOSS_SEARCH, WINDOW)
         pages = [
-            (charts[0], _CHARTS_READY, charts[1], charts[2], out_dir / FILE_CHARTS),
+            (*charts, out_dir / FILE_CHARTS),
             (model_url(base, model_name), _MODEL_READY, None, WINDOW, out_dir / FILE_MODEL),
         ]  # fmt: skip
         with chromium(browser) as ws_url:

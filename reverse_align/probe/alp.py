@@ -32,7 +32,7 @@ from reverse_align.errors import UserError
 # Figure 2's tests: T_f (forward questions), T_r (reverse questions), T_m (both).
 MIXED = "mixed"
 TESTS = (FORWARD, REVERSE, MIXED)
-# Attentions that take a 4D boolean mask, which prompt sharing needs (flash-attn does not).
+# Attentions that take a 4D attention mask, which prompt sharing needs (flash-attn does not).
 MASKED_ATTENTION = ("sdpa", "eager", "sdpa_varlen")
 
 

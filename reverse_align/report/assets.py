@@ -91,11 +91,17 @@ def sweep_figure(study: Study, out_dir: Path) -> Path | None:
     return target
 
 
-def screenshots_wanted(setting: str) -> bool:
-    """``auto``: when the screenshot module imports and chromium is on PATH; ``true``: required."""
+def _screenshot_setting(setting: str) -> str:
+    """``report.screenshots`` as one of SCREENSHOT_SETTINGS, or bad input."""
     setting = str(setting).strip().lower()
     if setting not in SCREENSHOT_SETTINGS:
         raise UserError(f"report.screenshots {setting!r}: expected one of {', '.join(SCREENSHOT_SETTINGS)}")
+    return setting
+
+
+def screenshots_wanted(setting: str) -> bool:
+    """``auto``: when the screenshot module imports and chromium is on PATH; ``true``: required."""
+    setting = _screenshot_setting(setting)
     if setting == "false":
         return False
     available = importlib.util.find_spec(SCREENSHOT_MODULE) is not None
@@ -119,7 +125,7 @@ def screenshots(experiment: str, out_dir: Path, model_name: str, setting: str = 
     try:
         return [Path(p) for p in module.capture(tracking.tracking_uri(), experiment, target, model_name)]
     except Exception as exc:
-        if str(setting).strip().lower() == "true":
+        if _screenshot_setting(setting) == "true":
             raise
         print(f"warning: no MLflow UI screenshots ({type(exc).__name__}: {exc}); report.screenshots=auto goes on without")
         return []
