@@ -103,6 +103,10 @@ class PretrainConfig:
     # the base model reads the world's language, as an instruct LLM reads English. Never the
     # question sentence, the chat format or the reverse direction: those are SFT's to teach.
     narrated_fraction: float = 0.0
+    # Seed of the base model's initialisation and of its pretraining stream, apart from `data.seed`
+    # (the world): bases pretrained under different seeds on one world are the tiny study's
+    # replication unit (`main --bases N` runs seeds seed, seed+1, ...).
+    seed: int = 0
     # Register the model under this name and reuse it when present.
     registered_model: str = "reverse-align-tiny-base"
 

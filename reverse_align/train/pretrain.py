@@ -101,7 +101,7 @@ def build_model(cfg: Config, tokenizer):
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(cfg.data.seed)
+    torch.manual_seed(cfg.pretrain.seed)
     return Qwen2ForCausalLM(config)
 
 
@@ -110,7 +110,7 @@ def pretraining_rows(cfg: Config):
     (one piece per step) or worked examples (one piece each). The stream `pretrain` trains on, replayable
     without a tokenizer (``synthetic.leakage`` checks it)."""
     p = cfg.pretrain
-    rng = random.Random(cfg.data.seed)
+    rng = random.Random(cfg.pretrain.seed)
     world = synthetic.make_world(cfg.synthetic, cfg.data.seed)
     world_problems = set(world.train) | set(world.test) | {t.problem for t in world.transfer}
     # Held-out answers are reserved before any document is drawn: a row that would give one away

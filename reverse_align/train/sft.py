@@ -141,14 +141,15 @@ def sft_args(cfg: Config, output_dir):
     )
 
 
-def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=()):
-    """SFTTrainer with a fresh LoRA adapter on the base model; returns (trainer, tokenizer, base path, data stats)."""
+def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=(), base_path: str | None = None):
+    """SFTTrainer with a fresh LoRA adapter on the base model (the preset's, or ``base_path``);
+    returns (trainer, tokenizer, base path, data stats)."""
     from trl import SFTTrainer
 
     from reverse_align.models import load_model, load_tokenizer, resolve_base_model
 
     args = sft_args(cfg, output_dir)
-    base_path = resolve_base_model(cfg)
+    base_path = base_path or resolve_base_model(cfg)
     tokenizer = load_tokenizer(cfg, base_path)
     dataset, stats = build_dataset(tokenizer, records, cfg.model.max_length)
     dataset = pad_to_multiple(dataset, cfg.sft.sequence_length_multiple, tokenizer.pad_token_id)
