@@ -47,6 +47,7 @@ STAGES: dict[str, Stage] = {
             PRESET,
             Param("force", "rerun every stage even if a finished run exists", default="false"),
             Param("seeds", "training seeds per SFT/DPO/eval cell: a count (3) or a list (0,1,2); default main.seeds"),
+            Param("bases", "tiny base models (pretrain seeds) per study: a count (3) or a list (0,1,2); default main.bases"),
             Param("jobs", "stages run side by side", config="main.jobs"),
         ),
     ),
@@ -63,7 +64,11 @@ STAGES: dict[str, Stage] = {
     "pretrain": Stage(
         "reverse_align.train.pretrain:run_pretrain",
         "build the tiny base model from scratch (tiny presets)",
-        (PRESET, SEED, Param("force", "rebuild even if registered", default="false")),
+        (
+            PRESET, SEED,
+            Param("base_seed", "seed of the base's initialisation and pretraining stream", config="pretrain.seed"),
+            Param("force", "rebuild even if registered", default="false"),
+        ),
     ),
     "invert": Stage(
         "reverse_align.data.invert:run_invert",

@@ -341,6 +341,12 @@ class MainConfig:
     # = seed, seed+1, ..., seed+N-1 (data, teacher, base model, probe and sweep shared). The paper
     # reports one run per cell; the report gives mean and spread over seeds (`--seeds` on main).
     seeds: int = 1
+    # Base models of the tiny presets, the study's outer replication unit: N pretrains with pretrain.seed
+    # = seed, ..., seed+N-1 on one world, and the SFT/DPO/evaluation grid on each (probe and sweep on the
+    # first). A tiny base pretrained from scratch is itself a draw: float rounding alone (another CPU's
+    # kernels) makes another one, so a tiny-world verdict needs several. Paper presets: 1 (their base is
+    # the released model). `--bases` on main.
+    bases: int = 1
     # Stages run side by side, each with (CPU cores // jobs) torch threads. Not from the paper: on
     # 2 CPU cores two one-thread stages do 1.4x the work of one two-thread stage (the tiny model's
     # matrices are too small to split well); GPU presets run one stage at a time on all GPUs.

@@ -90,8 +90,54 @@ def seeded(cfg: Config, seed: int) -> Config:
     return replace(cfg, sft=replace(cfg.sft, seed=seed), dpo=replace(cfg.dpo, seed=seed))
 
 
-def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
-    """Every stage of the study as a job, in the order they are best started."""
+def parse_bases(bases: str, cfg: Config) -> list[int]:
+    """``N`` -> N base models from pretrain.seed on; ``a,b,c`` -> those pretrain seeds; empty -> main.bases."""
+    text = str(bases).strip()
+    try:
+        if "," in text:
+            values = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            count = int(text) if text else cfg.main.bases
+            values = list(range(cfg.pretrain.seed, cfg.pretrain.seed + count))
+    except ValueError:
+        raise UserError(f"--bases {bases!r}: give a count (3) or a comma-separated list of pretrain seeds (0,1,2)") from None
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise UserError(f"--bases {bases!r}: need at least one base, no repeats, none negative")
+    if len(values) > 1 and cfg.model.name != TINY_BASE:
+        raise UserError(
+            f"--bases {bases!r}: only tiny presets pretrain their base model; preset {cfg.preset} starts from "
+            f"{cfg.model.name} (one base)"
+        )
+    return values
+
+
+def based(cfg: Config, base: int) -> Config:
+    """The preset with this pretrain seed: the tiny base model pretrained under it (the world unchanged)."""
+    return replace(cfg, pretrain=replace(cfg.pretrain, seed=base))
+
+
+def base_key(name: str, base: int, bases: list[int]) -> str:
+    """A job that belongs to one base (``pretrain``, ``eval.base``): named by it when the study has several."""
+    return name if len(bases) == 1 else f"{name}.base{base}"
+
+
+def replicate_key(name: str, base: int, seed: int, bases: list[int]) -> str:
+    """A job of one (base, training seed) replicate: ``sft.forward.seed0``, or ``sft.forward.base1.seed0``."""
+    return f"{name}.seed{seed}" if len(bases) == 1 else f"{name}.base{base}.seed{seed}"
+
+
+def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None = None, rerun: bool = False) -> list[Job]:
+    """Every stage of the study as a job, in the order they are best started.
+
+    Per base model (tiny presets: ``bases`` are pretrain seeds; the first is the preset's own), the SFT,
+    DPO and evaluation grid once per training seed; data, teacher, probe and sweep are shared and run on
+    the first base.
+    """
+    from reverse_align.models import find_tiny_base
+
+    bases = bases or [cfg.pretrain.seed]
+    cfg = based(cfg, bases[0])
+    tiny = cfg.model.name == TINY_BASE
 
     def finder(stage: str, job_cfg: Config, tags=None, params=None, without_tags=()):
         """A lookup of the job's finished run; tag/param values may be Refs to other jobs."""
@@ -109,54 +155,81 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
 
     up = tracking.tag_upstream
     not_in_a_sweep = (tracking.TAG_SWEEP_TRIAL,)
-    jobs = [
-        Job("data", "reverse_align.data.stage:run_data", cfg,
+    def pretrained(base: int) -> tuple[str, ...]:
+        return (base_key("pretrain", base, bases),) if tiny else ()
+
+    jobs = []
+    # The data stage measures lengths with the base's tokenizer (the world's: the same for every base).
+    jobs += [
+        Job("data", "reverse_align.data.stage:run_data", cfg, after=pretrained(bases[0]),
             find=finder("data", cfg, params={"data.source": cfg.data.source, "data.seed": str(cfg.data.seed)})),
         Job("invert", "reverse_align.data.invert:run_invert", cfg, {"data_run_id": Ref("data")},
             find=finder("invert", cfg, tags={up("data"): Ref("data")})),
     ]  # fmt: skip
-    for seed in seeds:
-        seed_cfg = seeded(cfg, seed)
-        # Mixed first: the longest, and the sweep waits for it.
-        for mix in sorted(SFT_MIXES, key=lambda m: m != SWEEP_ON):
+    if tiny:
+        for base in bases:
+            base_cfg = based(cfg, base)
+
+            def find_base(done, base_cfg=base_cfg):
+                version = find_tiny_base(base_cfg)
+                return version.run_id if version is not None else None
+
+            jobs.append(Job(base_key("pretrain", base, bases), "reverse_align.train.pretrain:run_pretrain", base_cfg,
+                            {"force": "true" if rerun else "false"}, find=find_base))  # fmt: skip
+    first_sweep_sft = replicate_key(f"sft.{SWEEP_ON}", bases[0], seeds[0], bases) if seeds else ""
+    for base in bases:
+        for seed in seeds:
+            seed_cfg = seeded(based(cfg, base), seed)
+            # Mixed first: the longest, and the sweep waits for it.
+            for mix in sorted(SFT_MIXES, key=lambda m: m != SWEEP_ON):
+                jobs.append(Job(
+                    replicate_key(f"sft.{mix}", base, seed, bases), "reverse_align.train.sft:run_sft", seed_cfg,
+                    {"data_run_id": Ref("invert"), "mix": mix},
+                    find=finder("sft", seed_cfg, tags={up("invert"): Ref("invert")}, params={"sft.mix": mix}),
+                    after=pretrained(base),
+                ))  # fmt: skip
+        if base == bases[0] and seeds:
+            first = seeded(cfg, seeds[0])
             jobs.append(Job(
-                f"sft.{mix}.seed{seed}", "reverse_align.train.sft:run_sft", seed_cfg,
-                {"data_run_id": Ref("invert"), "mix": mix},
-                find=finder("sft", seed_cfg, tags={up("invert"): Ref("invert")}, params={"sft.mix": mix}),
+                "sweep", "reverse_align.sweep:run_sweep", first,
+                {"sft_run_id": Ref(first_sweep_sft), "data_run_id": Ref("invert")},
+                find=finder("sweep", first, tags={up("sft"): Ref(first_sweep_sft)}),
             ))  # fmt: skip
-    if seeds:
-        first = seeded(cfg, seeds[0])
-        jobs.append(Job(
-            "sweep", "reverse_align.sweep:run_sweep", first,
-            {"sft_run_id": Ref(f"sft.{SWEEP_ON}.seed{seeds[0]}"), "data_run_id": Ref("invert")},
-            find=finder("sweep", first, tags={up("sft"): Ref(f"sft.{SWEEP_ON}.seed{seeds[0]}")}),
-        ))  # fmt: skip
     for train_on in PROBE_ON:
         jobs.append(Job(
             f"probe.{train_on}", "reverse_align.probe.stage:run_probe", cfg,
             {"data_run_id": Ref("invert"), "train_on": train_on},
             find=finder("probe", cfg, tags={up("invert"): Ref("invert")}, params={"probe.train_on": train_on}),
+            after=pretrained(bases[0]),
         ))  # fmt: skip
-    jobs.append(Job(
-        "eval.base", "reverse_align.eval.stage:run_evaluate", cfg, {"data_run_id": Ref("data")},
-        find=finder("evaluate", cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data")}),
-    ))  # fmt: skip
-    for seed in seeds:
-        seed_cfg = seeded(cfg, seed)
-        for on in (*DPO_ON, "direct"):
-            key = f"dpo.{on}.seed{seed}"
-            if on == "direct":
-                args = {"sft_run_id": "", "data_run_id": Ref("invert")}
-                find = finder("dpo", seed_cfg, tags={up("invert"): Ref("invert")}, without_tags=(up("sft"), *not_in_a_sweep))
-            else:
-                args = {"sft_run_id": Ref(f"sft.{on}.seed{seed}"), "data_run_id": Ref("invert")}
-                find = finder("dpo", seed_cfg, tags={up("sft"): Ref(f"sft.{on}.seed{seed}")}, without_tags=not_in_a_sweep)
-            jobs.append(Job(key, "reverse_align.train.dpo:run_dpo", seed_cfg, args, find=find))
-        for trained in [f"sft.{mix}.seed{seed}" for mix in SFT_MIXES] + [f"dpo.{on}.seed{seed}" for on in (*DPO_ON, "direct")]:
-            jobs.append(Job(
-                f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", cfg, {"run_id": Ref(trained)},
-                find=finder("evaluate", cfg, params={"eval.run_id": Ref(trained)}),
-            ))  # fmt: skip
+    for base in bases:
+        base_cfg = based(cfg, base)
+        jobs.append(Job(
+            base_key("eval.base", base, bases), "reverse_align.eval.stage:run_evaluate", base_cfg, {"data_run_id": Ref("data")},
+            find=finder("evaluate", base_cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data")}),
+            after=pretrained(base),
+        ))  # fmt: skip
+    for base in bases:
+        for seed in seeds:
+            seed_cfg = seeded(based(cfg, base), seed)
+            trained_keys = []
+            for on in (*DPO_ON, "direct"):
+                key = replicate_key(f"dpo.{on}", base, seed, bases)
+                if on == "direct":
+                    args = {"sft_run_id": "", "data_run_id": Ref("invert")}
+                    find = finder("dpo", seed_cfg, tags={up("invert"): Ref("invert")}, without_tags=(up("sft"), *not_in_a_sweep))
+                else:
+                    sft_key = replicate_key(f"sft.{on}", base, seed, bases)
+                    args = {"sft_run_id": Ref(sft_key), "data_run_id": Ref("invert")}
+                    find = finder("dpo", seed_cfg, tags={up("sft"): Ref(sft_key)}, without_tags=not_in_a_sweep)
+                jobs.append(Job(key, "reverse_align.train.dpo:run_dpo", seed_cfg, args, find=find, after=pretrained(base)))
+            trained_keys = [replicate_key(f"sft.{mix}", base, seed, bases) for mix in SFT_MIXES]
+            trained_keys += [replicate_key(f"dpo.{on}", base, seed, bases) for on in (*DPO_ON, "direct")]
+            for trained in trained_keys:
+                jobs.append(Job(
+                    f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", seed_cfg, {"run_id": Ref(trained)},
+                    find=finder("evaluate", seed_cfg, params={"eval.run_id": Ref(trained)}),
+                ))  # fmt: skip
     evaluated = [job.key for job in jobs if job.key.startswith("eval.")]
     # Promote among this study's adapters only (its invert run), on the metric evaluate copies onto them.
     jobs.append(Job(
@@ -170,29 +243,6 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
         {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=tuple(job.key for job in jobs),
     ))  # fmt: skip
     return jobs
-
-
-def pretrain_base(cfg: Config, rerun: bool, client, parent_id: str, record: dict) -> None:
-    """The tiny base model, built once and shared by every stage (its weights fetched once, here)."""
-    from reverse_align.models import find_tiny_base, resolve_base_model
-    from reverse_align.train.pretrain import run_pretrain
-
-    version = find_tiny_base(cfg)
-    if version is None or rerun:
-        print("[main] pretrain: running")
-        began = time.perf_counter()
-        run_pretrain(cfg, force="true" if rerun else "false")
-        record["seconds"]["pretrain"] = round(time.perf_counter() - began, 1)
-    else:
-        print(f"[main] pretrain: reusing {version.name} version {version.version}")
-        record["seconds"]["pretrain"] = 0.0
-        record["reused"].append("pretrain")
-    # The weights the whole study starts from (the run that registered them).
-    pretrain_id = tracking.base_model_upstream(cfg, STAGE).get("pretrain")
-    if pretrain_id:
-        client.set_tag(parent_id, tracking.tag_upstream("pretrain"), pretrain_id)
-        record["runs"]["pretrain"] = pretrain_id
-    resolve_base_model(cfg)
 
 
 def champion() -> dict:
@@ -230,13 +280,14 @@ def ui_hint(experiment_id: str) -> str:
     return f"{command}  then open {tracking.ui_url(experiment_id)}"
 
 
-def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
+def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = "") -> str:
     import mlflow
 
     from reverse_align import launcher as launchers
 
     rerun = str(force).lower() in ("1", "true", "yes")
     seed_list = parse_seeds(seeds, cfg)
+    base_list = parse_bases(bases, cfg)
     if cfg.main.jobs < 1:
         raise UserError(f"main.jobs={cfg.main.jobs}: need at least 1 stage at a time")
     tracking.setup()
@@ -256,9 +307,11 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
     if launcher and launcher != parent_id:
         launchers.point(launcher, parent_id)
     client.log_param(parent_id, "main.seeds", ",".join(map(str, seed_list)))
+    client.log_param(parent_id, "main.bases", ",".join(map(str, base_list)))
     client.log_param(parent_id, "main.jobs", cfg.main.jobs)
     os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
-    record = {"preset": cfg.preset, "seeds": seed_list, "runs": {}, "champion": {}, "seconds": {}, "reused": []}
+    record = {"preset": cfg.preset, "seeds": seed_list,
+              "bases": base_list if cfg.model.name == TINY_BASE else [], "runs": {}, "champion": {}, "seconds": {}, "reused": []}
     started = time.perf_counter()
 
     def on_done(key: str, outcome: Outcome) -> None:
@@ -273,9 +326,15 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "") -> str:
         client.log_dict(parent_id, record, tracking.ARTIFACT_MAIN_STAGES)
 
     try:
-        if cfg.model.name == TINY_BASE:
-            pretrain_base(cfg, rerun, client, parent_id, record)
-        run_graph(plan(cfg, seed_list, parent_id), cfg.main.jobs, log_dir(parent_id), on_done, rerun=rerun)
+        jobs = plan(cfg, seed_list, parent_id, base_list, rerun)
+        # The base models first, side by side: everything else starts from one. One base alone gets every
+        # core (a 2-thread pretrain is 1.4x a 1-thread one), several split them.
+        bases_first = [job for job in jobs if job.key.split(".")[0] == "pretrain"]
+        if bases_first:
+            run_graph(bases_first, min(cfg.main.jobs, len(bases_first)), log_dir(parent_id), on_done, rerun=rerun)
+            built = {job.key for job in bases_first}
+            jobs = [replace(job, after=tuple(k for k in job.after if k not in built)) for job in jobs if job.key not in built]
+        run_graph(jobs, cfg.main.jobs, log_dir(parent_id), on_done, rerun=rerun)
     except BaseException as exc:
         client.set_tag(parent_id, tracking.TAG_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -35,16 +35,25 @@ def study_preset(args: dict) -> str:
     return preset
 
 
+def replication(study: Study) -> str:
+    """How many of each replication unit the study has: bases (tiny presets) and training seeds."""
+    seeds = f"{len(study.seeds)} training seed{'s' * (len(study.seeds) > 1)} ({', '.join(map(str, study.seeds))})"
+    if not study.stages.get("bases") and not study.several_bases:
+        return seeds  # a paper preset (its base is the released model), or a study from before bases
+    bases = study.bases
+    return f"{len(bases)} base model{'s' * (len(bases) > 1)} (pretrain seeds {', '.join(map(str, bases))}) x {seeds}"
+
+
 def paired_results(study: Study, benchmarks: list[str], resamples: int, seed: int) -> dict[str, Paired | None]:
     """reverse - forward SFT per benchmark and over all of them (``average``), from the per-sample tables."""
     pairs = {}
     for benchmark in benchmarks:
         rev, fwd = {}, {}
-        for s in study.seeds:
-            a = study.samples(f"eval.sft.reverse.seed{s}", benchmark)
-            b = study.samples(f"eval.sft.forward.seed{s}", benchmark)
+        for r in study.replicates:
+            a = study.samples(study.replicate_key("eval.sft.reverse", r), benchmark)
+            b = study.samples(study.replicate_key("eval.sft.forward", r), benchmark)
             if a and b:
-                rev[s], fwd[s] = per_question(a), per_question(b)
+                rev[r], fwd[r] = per_question(a), per_question(b)
         pairs[benchmark] = (rev, fwd)
     results = {b: paired_difference([pairs[b]], resamples, seed) for b in benchmarks}
     usable = [pairs[b] for b in benchmarks if results[b] is not None]
@@ -64,8 +73,10 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
     head = [
         f"# reverse-align report: {study.preset or 'unknown preset'}",
         (
-            f"Main run `{study.main_run_id}`, seeds {', '.join(map(str, study.seeds))}{published}. "
-            "Accuracies in percent, mean ± sd over seeds; every number is a logged metric of the runs listed at the end."
+            f"Main run `{study.main_run_id}`: {replication(study)}{published}. "
+            "Accuracies in percent, mean ± sd over "
+            f"{'bases and seeds' if study.several_bases else 'seeds'}; every number is a logged metric of the runs "
+            "listed at the end."
         ),
         summary.opening(study, paired[tables.AVERAGE]),
     ]
@@ -73,8 +84,12 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
         ("Table 1: SFT by data mix", tables.sft_table(study, columns, size), None),
         (
             "Reverse minus forward SFT (paired)",
-            "Seed s of r1k against seed s of s1k on the same questions; 95% interval from "
-            f"{cfg.report.bootstrap_resamples} bootstrap resamples of seeds then questions (seed {cfg.report.seed}).\n\n"
+            ("Base b, seed s of r1k against base b, seed s of s1k on the same questions; 95% interval from "
+             f"{cfg.report.bootstrap_resamples} bootstrap resamples of bases, then seeds, then questions "
+             if study.several_bases else
+             "Seed s of r1k against seed s of s1k on the same questions; 95% interval from "
+             f"{cfg.report.bootstrap_resamples} bootstrap resamples of seeds then questions ")
+            + f"(seed {cfg.report.seed}).\n\n"
             + tables.paired_table(paired),
             None,
         ),

@@ -25,7 +25,7 @@ DPO_ON = ("forward", "reverse", "mixed", "direct")
 PROBE_ON = ("forward", "reverse", "mixed")
 # Benchmarks in the order tables show them: the paper's, then the tiny world's, then any other (sorted).
 BENCHMARK_ORDER = ("aime24", "math500", "gpqa", "synthetic_forward", "synthetic_reverse", "synthetic_transfer")
-_SEED_KEY = re.compile(r"\.seed(\d+)$")
+_SEED_KEY = re.compile(r"(?:\.base(\d+))?\.seed(\d+)$")
 _ACCURACY = re.compile(r"^eval/(.+)/accuracy$")
 
 
@@ -109,8 +109,33 @@ class Study:
     def seeds(self) -> list[int]:
         """The declared seeds, with any seed a run key names (a study's seed list may be cut short)."""
         declared = {int(s) for s in self.stages.get("seeds") or [] if str(s).lstrip("-").isdigit()}
-        named = {int(m.group(1)) for k in self.keys if (m := _SEED_KEY.search(k))}
+        named = {int(m.group(2)) for k in self.keys if (m := _SEED_KEY.search(k))}
         return sorted(declared | named) or [0]
+
+    @property
+    def bases(self) -> list[int]:
+        """The study's base models (pretrain seeds; one on paper presets and in studies before bases)."""
+        declared = {int(b) for b in self.stages.get("bases") or [] if str(b).lstrip("-").isdigit()}
+        named = {int(m.group(1)) for k in self.keys if (m := _SEED_KEY.search(k)) and m.group(1) is not None}
+        return sorted(declared | named) or [0]
+
+    @property
+    def several_bases(self) -> bool:
+        return len(self.bases) > 1
+
+    @property
+    def replicates(self) -> list[tuple[int, int]]:
+        """Every (base, training seed) of the grid."""
+        return [(b, s) for b in self.bases for s in self.seeds]
+
+    def replicate_key(self, prefix: str, replicate: tuple[int, int]) -> str:
+        """``eval.sft.forward`` + (1, 0) -> ``eval.sft.forward.base1.seed0`` (``.seed0`` with one base)."""
+        base, seed = replicate
+        return f"{prefix}.base{base}.seed{seed}" if self.several_bases else f"{prefix}.seed{seed}"
+
+    def base_key(self, name: str, base: int) -> str:
+        """``eval.base`` of one base: ``eval.base.base1`` when the study has several."""
+        return f"{name}.base{base}" if self.several_bases else name
 
     def run(self, key: str):
         """The run named ``key`` in stages.json, or None (no such key, or the run is gone)."""
@@ -130,14 +155,28 @@ class Study:
         run = self.run(key)
         return None if run is None else run.data.metrics.get(name)
 
-    def seed_values(self, prefix: str, name: str) -> dict[int, float]:
-        """``{seed: metric}`` over the runs ``<prefix>.seed<s>`` that logged ``name``."""
+    def seed_values(self, prefix: str, name: str) -> dict[tuple[int, int], float]:
+        """``{(base, seed): metric}`` over the runs ``<prefix>[.base<b>].seed<s>`` that logged ``name``."""
         out = {}
-        for seed in self.seeds:
-            value = self.metric(f"{prefix}.seed{seed}", name)
+        for replicate in self.replicates:
+            value = self.metric(self.replicate_key(prefix, replicate), name)
             if value is not None:
-                out[seed] = value
+                out[replicate] = value
         return out
+
+    def base_values(self, name: str) -> dict[int, float]:
+        """``{base: metric}`` of each base model's own evaluation (``eval.base``)."""
+        out = {}
+        for base in self.bases:
+            value = self.metric(self.base_key("eval.base", base), name)
+            if value is not None:
+                out[base] = value
+        return out
+
+    def base_by_replicate(self, name: str) -> dict[tuple[int, int], float]:
+        """The base model's metric beside each replicate trained on it (what Δ vs base pairs with)."""
+        bases = self.base_values(name)
+        return {r: bases[r[0]] for r in self.replicates if r[0] in bases}
 
     def benchmarks(self) -> list[str]:
         """Every benchmark with an accuracy in any eval run of the study, in table order."""
@@ -163,10 +202,12 @@ class Study:
 
     def expected_keys(self) -> list[str]:
         """Every key a whole study has (pretrain only on tiny presets, so not expected)."""
-        keys = ["data", "invert", "eval.base", "sweep"]
-        for seed in self.seeds:
-            keys += [f"sft.{mix}.seed{seed}" for mix in SFT_MIXES] + [f"eval.sft.{mix}.seed{seed}" for mix in SFT_MIXES]
-            keys += [f"dpo.{on}.seed{seed}" for on in DPO_ON] + [f"eval.dpo.{on}.seed{seed}" for on in DPO_ON]
+        keys = ["data", "invert", *(self.base_key("eval.base", b) for b in self.bases), "sweep"]
+        for r in self.replicates:
+            keys += [self.replicate_key(f"sft.{mix}", r) for mix in SFT_MIXES]
+            keys += [self.replicate_key(f"eval.sft.{mix}", r) for mix in SFT_MIXES]
+            keys += [self.replicate_key(f"dpo.{on}", r) for on in DPO_ON]
+            keys += [self.replicate_key(f"eval.dpo.{on}", r) for on in DPO_ON]
         keys += [f"probe.{on}" for on in PROBE_ON]
         return keys
 

@@ -35,7 +35,11 @@ def reverse_vs_forward(study: Study, average: Paired | None) -> str:
     if average is None:
         return text + "; no per-question samples to pair, so no interval."
     text += f", a paired difference of {_pts(average.diff)} (95% interval {_pts(average.low)} to {_pts(average.high)}"
-    text += f", {average.seeds} seed{'s' if average.seeds != 1 else ''} and the questions resampled)"
+    per_base = average.seeds // max(1, average.bases)
+    text += (
+        f", {average.bases} base model{'s' if average.bases != 1 else ''}, {per_base} seed{'s' if per_base != 1 else ''}"
+        f"{' each' if average.bases > 1 else ''} and the questions resampled)"
+    )
     if average.low > 0:
         return text + ": reverse data did better, as the paper reports."
     if average.high < 0:
@@ -83,7 +87,7 @@ def dpo(study: Study) -> str:
             if len(seeds) >= 2:
                 spread.append(statistics.stdev(after[s] - before[s] for s in seeds))
     direct = Stat(tuple(study.seed_values("eval.dpo.direct", AVG).values()))
-    base = study.metric("eval.base", AVG)
+    base = Stat(tuple(study.base_values(AVG).values())).mean
     tail = ""
     if direct.mean is not None and base is not None:
         tail = f"; direct DPO from the base model reaches {_pct(direct.mean)} against the base's {_pct(base)}"

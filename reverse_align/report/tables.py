@@ -65,18 +65,22 @@ def cell(values, change: float | None = None, published: float | None = None, pu
     return text
 
 
-def paired_change(after: dict[int, float], before: dict[int, float]) -> float | None:
-    """Mean over the seeds both have of after - before."""
+def paired_change(after: dict, before: dict) -> float | None:
+    """Mean over the replicates (base, seed) both have of after - before."""
     seeds = sorted(set(after) & set(before))
     return statistics.fmean(after[s] - before[s] for s in seeds) if seeds else None
 
 
-def seeds_text(values: dict[int, float]) -> str:
-    return ",".join(str(s) for s in sorted(values)) or "-"
+def seeds_text(values: dict) -> str:
+    """The replicates a cell holds: its seeds (``0,1``), or base/seed pairs (``b0s0,b1s0``) over several bases."""
+    keys = sorted(values)
+    if len({k[0] for k in keys}) > 1:
+        return ",".join(f"b{b}s{s}" for b, s in keys)
+    return ",".join(str(k[1]) for k in keys) or "-"
 
 
 def sft_table(study: Study, columns: list[str], size: str | None) -> str:
-    rows = [["base (no SFT)", *(cell(_one(study.metric("eval.base", metric_name(c)))) for c in columns), "-"]]
+    rows = [["base (no SFT)", *(cell(study.base_values(metric_name(c)).values()) for c in columns), "-"]]
     for mix in SFT_MIXES:
         per_column = {c: study.seed_values(f"eval.sft.{mix}", metric_name(c)) for c in columns}
         cells = [cell(per_column[c].values(), published=paper.published(size, "sft", mix, c)) for c in columns]
@@ -103,8 +107,7 @@ def direct_table(study: Study, columns: list[str], size: str | None) -> str:
     cells = []
     for c in columns:
         direct = study.seed_values("eval.dpo.direct", metric_name(c))
-        base = study.metric("eval.base", metric_name(c))
-        change = statistics.fmean(v - base for v in direct.values()) if direct and base is not None else None
+        change = paired_change(direct, study.base_by_replicate(metric_name(c)))
         cells.append(cell(direct.values(), change, paper.published(size, "direct", "direct", c)))
     seeds = seeds_text(study.seed_values("eval.dpo.direct", metric_name(columns[-1])))
     return markdown(["model (Δ vs base)", *columns, "seeds"], [["direct DPO (no SFT)", *cells, seeds]])
@@ -114,11 +117,12 @@ def paired_table(results: dict[str, Paired | None]) -> str:
     rows = []
     for benchmark, result in results.items():
         if result is None:
-            rows.append([benchmark, MISSING, MISSING, "-", "-"])
+            rows.append([benchmark, MISSING, MISSING, "-", "-", "-"])
             continue
         interval = f"[{100 * result.low:+.1f}, {100 * result.high:+.1f}]"
-        rows.append([benchmark, f"{100 * result.diff:+.1f}", interval, str(result.seeds), str(result.questions)])
-    return markdown(["benchmark", "reverse − forward (points)", "95% interval", "seeds", "questions"], rows)
+        seeds = result.seeds // max(1, result.bases)
+        rows.append([benchmark, f"{100 * result.diff:+.1f}", interval, str(result.bases), str(seeds), str(result.questions)])
+    return markdown(["benchmark", "reverse − forward (points)", "95% interval", "bases", "seeds per base", "questions"], rows)
 
 
 def times_table(study: Study) -> str:

@@ -124,7 +124,7 @@ def test_paired_difference_and_opening(whole):
         assert row["reverse − forward (points)"] == f"{100 * statistics.fmean(diffs):+.1f}"
         low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
         assert low <= 100 * statistics.fmean(diffs) <= high
-        assert (row["seeds"], row["questions"]) == ("2", "12")
+        assert (row["bases"], row["seeds per base"], row["questions"]) == ("1", "2", "12")
     opening = text.split("\n\n")[2]
     assert opening.startswith("Reverse SFT (r1k) averages") and opening.count(". ") >= 2
     assert "paired difference of" in opening and "DPO changed the SFT average" in opening

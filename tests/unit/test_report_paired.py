@@ -71,3 +71,32 @@ def test_a_bound_that_is_zero_is_exactly_zero():
     assert 0.0 in (result.low, result.high)
     for bound in (result.low, result.high):
         assert bound * 120 == pytest.approx(round(bound * 120), abs=1e-9)
+
+
+def _scores(values_by_replicate, n=100):
+    """Replicate -> n questions, the first `k` of them correct."""
+    return {r: {f"q{i}": float(i < k) for i in range(n)} for r, k in values_by_replicate.items()}
+
+
+def test_bases_are_resampled_before_seeds():
+    # Two bases whose effects disagree (+40 and -20 points), two seeds each that agree within a base:
+    # the verdict rests on two bases, so the interval must span both signs, and the point estimate
+    # weighs each base the same (+10).
+    reverse = _scores({(0, 0): 60, (0, 1): 60, (1, 0): 30, (1, 1): 30})
+    forward = _scores({(0, 0): 20, (0, 1): 20, (1, 0): 50, (1, 1): 50})
+    result = paired_difference([(reverse, forward)], resamples=2000, seed=0)
+    assert (result.bases, result.seeds, result.questions) == (2, 4, 100)
+    assert abs(result.diff - 0.10) < 1e-12
+    assert result.low < 0 < result.high
+    assert result.low <= -0.15 and result.high >= 0.35  # a base draw of two copies of either base
+    # The same numbers read as four seeds of one base: seeds and questions only, a narrower interval.
+    as_seeds = {i: v for i, v in enumerate(reverse.values())}, {i: v for i, v in enumerate(forward.values())}
+    flat = paired_difference([as_seeds], resamples=2000, seed=0)
+    assert flat.bases == 1 and flat.high - flat.low < result.high - result.low
+
+
+def test_unequal_seeds_per_base_weigh_each_base_the_same():
+    reverse = _scores({(0, 0): 50, (1, 0): 80, (1, 1): 80, (1, 2): 80})
+    forward = _scores({(0, 0): 50, (1, 0): 50, (1, 1): 50, (1, 2): 50})
+    result = paired_difference([(reverse, forward)], resamples=500, seed=0)
+    assert abs(result.diff - 0.15) < 1e-12  # (0 + 30) / 2, not (0 + 3 x 30) / 4

@@ -86,3 +86,45 @@ def test_seeds_are_a_count_or_a_list_and_make_one_grid_each():
     assert jobs["eval.dpo.mixed.seed7"].args["run_id"].key == "dpo.mixed.seed7"
     assert jobs["sweep"].args["sft_run_id"].key == "sft.mixed.seed0"  # one sweep and probe set per study
     assert sum(k.startswith("probe.") for k in jobs) == 3 and set(jobs["promote"].after) == {k for k in jobs if k.startswith("eval.")}
+
+
+def test_a_study_over_several_bases_names_each_base_and_builds_it_first():
+    from reverse_align.config import load_config
+    from reverse_align.pipeline import parse_bases, plan
+
+    cfg = load_config("micro")
+    assert parse_bases("3", cfg) == [0, 1, 2] and parse_bases("4,7", cfg) == [4, 7] and parse_bases("", cfg) == [0]
+    jobs = {job.key: job for job in plan(cfg, [0], "parent", bases=[0, 1])}
+    assert {"pretrain.base0", "pretrain.base1", "eval.base.base0", "eval.base.base1"} <= set(jobs)
+    assert "sft.forward.seed0" not in jobs
+    for base in (0, 1):
+        for key in (f"sft.forward.base{base}.seed0", f"dpo.direct.base{base}.seed0", f"eval.base.base{base}"):
+            assert jobs[key].cfg.pretrain.seed == base, key
+            assert f"pretrain.base{base}" in jobs[key].needs, key
+        assert jobs[f"eval.dpo.reverse.base{base}.seed0"].args["run_id"].key == f"dpo.reverse.base{base}.seed0"
+    # Shared: one world, one teacher; probe and sweep on the first base.
+    assert jobs["sweep"].args["sft_run_id"].key == "sft.mixed.base0.seed0"
+    assert jobs["probe.mixed"].cfg.pretrain.seed == 0 and jobs["data"].cfg.pretrain.seed == 0
+    # One base: the keys a study always had.
+    single = {job.key for job in plan(cfg, [0, 1], "parent")}
+    assert {"pretrain", "eval.base", "sft.forward.seed1", "eval.dpo.direct.seed0"} <= single
+
+
+@pytest.mark.parametrize("text", ["0", "1,1", "-1,2", "two"])
+def test_bad_bases_are_refused_in_one_line(text):
+    from reverse_align.config import load_config
+    from reverse_align.errors import UserError
+    from reverse_align.pipeline import parse_bases
+
+    with pytest.raises(UserError, match=r"^--bases"):
+        parse_bases(text, load_config("micro"))
+
+
+def test_paper_presets_have_one_base():
+    from reverse_align.config import load_config
+    from reverse_align.errors import UserError
+    from reverse_align.pipeline import parse_bases
+
+    assert parse_bases("", load_config("paper-7b")) == [0]
+    with pytest.raises(UserError, match="only tiny presets pretrain"):
+        parse_bases("2", load_config("paper-7b"))
