@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,34 @@ def cell_name(mix: str, test: str) -> str:
     return f"{mix}_sft/{test}_test"
 
 
+_LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
+
+
+def error_kinds(records, answers) -> dict[str, float]:
+    """Where greedy traces go wrong, as fractions of the problems: a step that computes wrongly from its own
+    operands (arithmetic), one whose operands are not the problem's (copy), a boxed answer other than the
+    trace's last result (answer), no trace lines at all (format)."""
+    from reverse_align.data import synthetic
+    from reverse_align.data.schema import FORWARD
+    from reverse_align.formatting import last_boxed
+
+    counts = {"arithmetic": 0, "copy": 0, "answer": 0, "format": 0}
+    for record, answer in zip(records, answers):
+        direction, problem = synthetic.parse_question(record.question)
+        expected = synthetic.forward_steps(problem) if direction == FORWARD else synthetic.undo_steps(problem)
+        thinking = answer.split("<|im_start|>answer")[0]
+        lines = [m.groups() for line in thinking.splitlines() if (m := _LINE.match(line.strip()))]
+        if not lines:
+            counts["format"] += 1
+            continue
+        wrong_math = any(synthetic.apply(int(a), op, int(b)) != int(c) for a, op, b, c in lines if op != "/" or int(a) % int(b) == 0)
+        wanted = [tuple(_LINE.match(e).groups()[:3]) for e in expected]
+        counts["arithmetic"] += wrong_math
+        counts["copy"] += [line[:3] for line in lines] != wanted and not wrong_math
+        counts["answer"] += (last_boxed(answer) or "").strip() != lines[-1][3]
+    return {k: 100 * v / max(1, len(records)) for k, v in counts.items()}
+
+
 def worker(preset: str, overrides: list[str], seed: int) -> dict:
     """One base: pretrain, fact accuracy, forward and reverse SFT, greedy accuracy on both tests."""
     import mlflow
@@ -43,7 +72,7 @@ def worker(preset: str, overrides: list[str], seed: int) -> dict:
     from reverse_align.config import load_config
     from reverse_align.data import synthetic
     from reverse_align.data.schema import FORWARD, REVERSE
-    from reverse_align.eval.generation import greedy_accuracy
+    from reverse_align.eval.generation import exact_match, greedy_answers
     from reverse_align.models import load_tokenizer
     from reverse_align.train import common, pretrain, sft
     from reverse_align.train.mixes import compose_mix
@@ -76,7 +105,10 @@ def worker(preset: str, overrides: list[str], seed: int) -> dict:
             tuned = common.load_adapter_model(cfg, str(base_dir), adapter)
             tok = load_tokenizer(cfg, str(base_dir))
             for test, records_ in tests.items():
-                result[cell_name(mix, test)] = 100 * greedy_accuracy(tuned, tok, records_, cfg.eval.max_new_tokens, 100)
+                answers = greedy_answers(tuned, tok, [r.question for r in records_], cfg.eval.max_new_tokens, 100)
+                result[cell_name(mix, test)] = 100 * sum(exact_match(a, r.gold) for a, r in zip(answers, records_)) / len(records_)
+                if mix == test:
+                    result[f"{mix}_errors"] = error_kinds(records_, answers)
             result[f"{mix}_sft_seconds"] = time.perf_counter() - started
     return result
 
@@ -111,6 +143,11 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def errors_text(r: dict) -> str:
+    return "  ".join(f"{mix[0]}:" + "/".join(f"{r[f'{mix}_errors'][k]:.0f}" for k in ("arithmetic", "copy", "answer", "format"))
+                     for mix in ("forward", "reverse"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="tiny")
@@ -139,10 +176,11 @@ def main() -> None:
           f"x kernels {kernels}, {wall:.0f} s wall, {args.jobs} at once, 1 torch thread each")
     for kernel, rows in by_kernel.items():
         print(f"\n{kernel} kernels (torch reports {rows[0]['torch_cpu_capability']}):")
-        print("  base  facts  " + "  ".join(f"{cell_name(m, t):>24}" for m, t in CELLS) + "  pretrain_s  sft_s")
+        print("  base  facts  " + "  ".join(f"{cell_name(m, t):>24}" for m, t in CELLS)
+              + "  pretrain_s  sft_s  errors % (arithmetic/copy/answer/format)")
         for r in rows:
             print(f"  {r['seed']:>4}  {r['fact_accuracy']:.3f}  " + "  ".join(f"{r[cell_name(m, t)]:>24.1f}" for m, t in CELLS)
-                  + f"  {r['pretrain_seconds']:>10.0f}  {r['forward_sft_seconds'] + r['reverse_sft_seconds']:>5.0f}")
+                  + f"  {r['pretrain_seconds']:>10.0f}  {r['forward_sft_seconds'] + r['reverse_sft_seconds']:>5.0f}  {errors_text(r)}")
         s = summaries[kernel]
         print("  mean         " + "  ".join(f"{s[cell_name(m, t)]['mean']:>24.1f}" for m, t in CELLS))
         print("  sd           " + "  ".join(f"{s[cell_name(m, t)]['sd']:>24.1f}" for m, t in CELLS))
