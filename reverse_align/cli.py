@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import traceback
 from dataclasses import dataclass, field
 
@@ -36,7 +37,11 @@ class Stage:
     default_preset: str = ""
 
 
-PRESET = Param("preset", "preset name (configs/<name>.yaml) or a YAML path", default="tiny")
+PRESET = Param(
+    "preset", "preset name (configs/<name>.yaml) or a YAML path; default: the upstream run's preset, else tiny"
+)
+# Arguments naming the run a stage starts from: its preset is the stage's unless --preset says otherwise.
+UPSTREAM_ARGS = ("data_run_id", "sft_run_id", "run_id")
 SEED = Param("seed", "random seed of the world and sampling", config="data.seed")
 
 STAGES: dict[str, Stage] = {
@@ -204,6 +209,49 @@ def make_parser(stage_name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def upstream_presets(args: dict) -> list[tuple[str, str, str]]:
+    """(flag, run id, preset) of every upstream run the arguments name that records its preset."""
+    names = [(name, args.get(name)) for name in UPSTREAM_ARGS if args.get(name)]
+    if not names:
+        return []
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from reverse_align import tracking
+
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []  # no store yet, so no upstream run (and opening one would create it)
+    client = mlflow.MlflowClient(uri)
+    found = []
+    for name, run_id in names:
+        try:
+            preset = client.get_run(str(run_id)).data.tags.get(tracking.TAG_PRESET)
+        except MlflowException:
+            continue  # the stage says what is wrong with a run it cannot find
+        if preset:
+            found.append((f"--{name}", str(run_id), preset))
+    return found
+
+
+def follow_upstream(preset: str, args: dict) -> str:
+    """The preset to load: --preset if given (it must match the upstream runs'), else the upstream runs'."""
+    upstream = upstream_presets(args)
+    if not upstream:
+        return preset
+    if preset:
+        wanted = Path(preset).stem
+        for flag, run_id, theirs in upstream:
+            if theirs != wanted:
+                raise UserError(f"--preset {preset}: {flag} {run_id} ran with preset {theirs}; drop --preset or pass --preset {theirs}")
+        return preset
+    presets = {theirs for _, _, theirs in upstream}
+    if len(presets) > 1:
+        listed = ", ".join(f"{flag} {run_id} ({theirs})" for flag, run_id, theirs in upstream)
+        raise UserError(f"upstream runs of different presets: {listed}; pass --preset")
+    return presets.pop()
+
+
 def run_stage(stage_name: str, argv: list[str]) -> None:
     from reverse_align import preflight
     from reverse_align.config import load_config, set_field
@@ -215,6 +263,8 @@ def run_stage(stage_name: str, argv: list[str]) -> None:
     preset = args.pop("preset", "") if PRESET in stage.params or stage.default_preset else ""
     if not preset and stage.default_preset:
         preset = resolve(stage.default_preset)(args)
+    if PRESET in stage.params:
+        preset = follow_upstream(preset, args)
     cfg = load_config(preset or "tiny", overrides)
     kwargs = {}
     for param in stage.params:

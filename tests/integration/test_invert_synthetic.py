@@ -43,3 +43,21 @@ def test_synthetic_inversion_of_the_whole_tiny_world_recomputes():
     for f, r in zip(forward, reverses):
         start = synthetic.parse_question(f.question)[1].start
         assert r.pair_id == f.pair_id and synthetic.solve(r.question) == int(r.gold) == start
+
+
+def test_a_stage_takes_its_upstream_runs_preset_and_refuses_another(micro_data, client, capsys):
+    from reverse_align import cli
+
+    # No --preset: the micro data run's preset (the tiny default would find no micro-sized base).
+    assert cli.main(["invert", "--data_run_id", micro_data]) == 0
+    runs = client.search_runs(
+        [client.get_run(micro_data).info.experiment_id],
+        f"tags.`{tracking.tag_upstream('data')}` = '{micro_data}' and tags.`{tracking.TAG_STAGE}` = 'invert'",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert runs[0].data.tags[tracking.TAG_PRESET] == "micro"
+    capsys.readouterr()
+    assert cli.main(["invert", "--data_run_id", micro_data, "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --preset tiny: --data_run_id {micro_data} ran with preset micro; drop --preset or pass --preset micro"
+    assert cli.main(["invert", "--data_run_id", micro_data, "--preset", "micro"]) == 0
