@@ -39,6 +39,7 @@ def grader_at(revision: str) -> types.ModuleType:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     module = types.ModuleType(f"grading_at_{revision}")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up
     exec(compile(source, f"grading.py@{revision}", "exec"), module.__dict__)  # noqa: S102 - our own file
     return module
 

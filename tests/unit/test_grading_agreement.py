@@ -59,3 +59,33 @@ def test_summary_counts_rows_agreements_and_deliberate_differences():
         assert counts["unexplained"] == 0, name
         assert counts["agreements"] + counts["deliberate"] == counts["rows"]
         assert counts["deliberate"] == sum(1 for r in ROWS if r.benchmark == name and r.deliberate)
+
+
+def test_regrading_a_stored_table_counts_unparsed_before_and_after(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("regrade_samples", TABLE.parents[2] / "bench" / "regrade_samples.py")
+    regrade_samples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regrade_samples)
+    git = ["git", "-C", str(TABLE.parent), "cat-file", "-e", regrade_samples.BEFORE_ISSUE_22]
+    known = subprocess.run(git, check=False, capture_output=True)
+    if known.returncode != 0:
+        pytest.skip("a checkout without the commit before issue 22")
+    marker = "<|im_start|>answer\n"
+    responses = [
+        f"x\n{marker}\\boxed{{33}}",
+        f"x\n{marker}The answer is 33.",
+        "cut off while thinking",
+        f"x\n{marker}?",
+    ]
+    columns = ["benchmark", "id", "sample", "response", "extracted", "gold", "correct", "status"]
+    statuses = ["ok", "unparsed", "truncated", "unparsed"]
+    data = [["aime24", str(i), 0, r, None, "33", False, s] for i, (r, s) in enumerate(zip(responses, statuses))]
+    path = tmp_path / "aime24.json"
+    path.write_text(json.dumps({"columns": columns, "data": data}))
+    counts = regrade_samples.regrade(path, regrade_samples.grader_at(regrade_samples.BEFORE_ISSUE_22), True)
+    assert (counts["answers"], counts["logged"], counts["old"], counts["new"], counts["truncated"]) == (4, 3, 3, 2, 1)
+    assert (counts["old_correct"], counts["new_correct"], counts["changed"]) == (1, 2, 1)
+    assert counts["rules"] == {"boxed": 1, "the_answer_is": 1, "none": 2}
