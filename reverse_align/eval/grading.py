@@ -35,8 +35,8 @@ status ``unparsed``, ``extracted_by`` ``none``. Both are counted by the caller;
 no answer is ever guessed (no default letter).
 
 Where we grade differently from the references, deliberately (the agreement
-table tests/data/grading_agreement.yaml lists each case; ``python -m
-bench.grading_agreement`` prints the counts):
+table tests/data/grading_agreement.yaml lists each case; ``python
+bench/grading_agreement.py`` prints the counts):
 
 - only the attempt is read, never the thinking: lm-eval and simple-evals search
   the whole response, so a box or ``Answer:`` inside the thinking of a truncated
