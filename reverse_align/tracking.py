@@ -221,7 +221,9 @@ def metric_eval(benchmark: str, name: str) -> str:
 
 
 # evaluate: held-out sets of a data run per synthetic benchmark; per-sample tables
-# (eval/samples/<benchmark>.json: id, sample, response, extracted, gold, correct, status), lm-eval's results JSON.
+# (eval/samples/<benchmark>.json: id, sample, response, extracted, extracted_by, gold, correct, status;
+# extracted_by: the rule that read the answer, eval/grading.py EXTRACTION_RULES: boxed, answer_colon,
+# the_answer_is, last_line, option_letter, none), lm-eval's results JSON.
 SYNTHETIC_TEST_ARTIFACTS = {f"synthetic_{name}": artifact for name, artifact in SYNTHETIC_TESTS.items()}
 ARTIFACT_EVAL_SAMPLES = "eval/samples"
 # On an evaluated sft/dpo run: its newest evaluate run, whose eval/<benchmark>/accuracy and eval/average it carries.

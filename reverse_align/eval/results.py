@@ -17,7 +17,8 @@ from reverse_align.eval.tasks.hooks import responses
 
 
 def sample_rows(benchmark: str, samples: list[dict]) -> list[dict]:
-    """One row per (question, sample): id, sample, response, extracted, gold, correct, status."""
+    """One row per (question, sample): id, sample, response, extracted, extracted_by (the grading rule
+    that read it, grading.EXTRACTION_RULES), gold, correct, status."""
     rows = []
     for sample in sorted(samples, key=lambda s: s["doc_id"]):
         doc = sample["doc"]
@@ -26,7 +27,8 @@ def sample_rows(benchmark: str, samples: list[dict]) -> list[dict]:
             rows.append(
                 {
                     "benchmark": benchmark, "id": doc["id"], "sample": index, "response": response,
-                    "extracted": graded.extracted, "gold": doc["gold"], "correct": graded.correct,
+                    "extracted": graded.extracted, "extracted_by": graded.extracted_by, "gold": doc["gold"],
+                    "correct": graded.correct,
                     "status": graded.status,
                 }
             )  # fmt: skip

@@ -18,6 +18,7 @@ from fake_teacher import FakeTeacher
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.eval.benchmarks import GPQA_OPTIONS
+from reverse_align.eval.grading import EXTRACTION_RULES
 from reverse_align.eval.stage import run_evaluate
 
 SYNTHETIC = ["synthetic_forward", "synthetic_reverse"]
@@ -83,7 +84,11 @@ def test_synthetic_benchmarks_on_an_sft_run(micro_sft, micro_invert, client):
         assert len(params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"]) == 12
         table = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/{name}.json")
         rows = [dict(zip(table["columns"], row)) for row in table["data"]]
-        assert len(rows) == 5 and {"id", "response", "extracted", "gold", "correct", "status"} <= set(rows[0])
+        columns = {"id", "response", "extracted", "extracted_by", "gold", "correct", "status"}
+        assert len(rows) == 5 and columns <= set(rows[0])
+        # the rule that read each answer, so unparsed rows can be audited: none exactly when nothing was read
+        assert {r["extracted_by"] for r in rows} <= set(EXTRACTION_RULES)
+        assert all((r["extracted_by"] == "none") == (r["extracted"] is None) for r in rows)
         assert acc == pytest.approx(sum(r["correct"] for r in rows) / 5)
         assert metrics[tracking.metric_eval(name, "unparsed")] == sum(r["status"] != "ok" for r in rows)
     average = sum(metrics[tracking.metric_eval_accuracy(n)] for n in SYNTHETIC) / 2

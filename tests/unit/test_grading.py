@@ -109,3 +109,63 @@ def test_unparseable_attempt_is_wrong_and_unparsed(attempt):
 def test_answer_after_the_last_marker_when_the_model_repeats_it():
     response = respond("\\boxed{1}") + "\n<|im_start|>answer\n\\boxed{2}"
     assert grade(INTEGER, response, "2").correct
+
+
+# ---------------------------------------------------------------- issue 22: the references' answer forms
+
+
+@pytest.mark.parametrize(
+    "kind, gold, attempt, extracted, rule",
+    [
+        (INTEGER, "33", "So \\boxed{33}.", "33", "boxed"),
+        (INTEGER, "33", "Answer: 33", "33", "answer_colon"),
+        (INTEGER, "33", "The final answer is 33.", "33", "the_answer_is"),
+        (INTEGER, "33", "Final Answer: The final answer is $33$. I hope it is correct.", "33", "answer_colon"),
+        (INTEGER, "33", "Three cases give\n**33**", "33", "last_line"),
+        (MATH, "\\frac{1}{2}", "It simplifies to\n\\[\n\\frac{1}{2}\n\\]", "\\frac{1}{2}", "last_line"),
+        (MATH, "(1,3]", "The set is\n(1,3]", "(1,3]", "last_line"),
+        (CHOICE, "C", "The answer is (C).", "C", "the_answer_is"),
+        (CHOICE, "C", "Not (A), so (C) Argon.", "C", "option_letter"),
+        (CHOICE, "C", "Final choice: C", "C", "option_letter"),
+        (CHOICE, "C", "The heaviest light one.\nC", "C", "last_line"),
+        (CHOICE, "C", "It must be the third one.\nArgon", "C", "last_line"),
+    ],
+)
+def test_each_rule_reads_its_form_and_says_so(kind, gold, attempt, extracted, rule):
+    graded = grade(kind, respond(attempt), gold, CHOICES)
+    assert (graded.extracted, graded.correct, graded.status, graded.extracted_by) == (extracted, True, OK, rule)
+
+
+@pytest.mark.parametrize(
+    "kind, attempt",
+    [
+        (CHOICE, "A bit more thought would help."),  # a sentence opening with "A" is not option A
+        (CHOICE, "Note: Both are inert."),  # ": B" of "Both" is not a letter
+        (CHOICE, "Neon and Argon are both inert."),  # options mentioned, none stated
+        (MATH, "I give up."),
+        (MATH, "$x$ is even and $y$ is odd"),  # two spans on the last line are not one answer
+        (INTEGER, "The final number is"),
+    ],
+)
+def test_text_that_states_no_answer_stays_unparsed(kind, attempt):
+    graded = grade(kind, respond(attempt), "C" if kind == CHOICE else "4", CHOICES)
+    assert (graded.extracted, graded.correct, graded.status, graded.extracted_by) == (None, False, UNPARSED, "none")
+
+
+def test_a_later_rule_rescues_an_answer_the_first_cannot_read():
+    # GPQA: the Answer: line names no option, the parenthesised letter does
+    graded = grade(CHOICE, respond("Answer: the heavier noble gas, (C)"), "C", CHOICES)
+    assert (graded.extracted, graded.correct, graded.extracted_by) == ("C", True, "option_letter")
+    # AIME: a non-integer box is still the answer when nothing else is an integer
+    graded = grade(INTEGER, respond("\\boxed{x}\nAnswer: 33"), "33")
+    assert (graded.extracted, graded.correct, graded.extracted_by) == ("33", True, "answer_colon")
+
+
+def test_api_of_before_issue_22_still_works():
+    from reverse_align.eval.grading import Graded, extract_answer
+
+    assert Graded("4", True, OK).extracted_by == "none"  # three positional fields, as before
+    assert extract_answer("So \\boxed{4} and Answer: 5") == "4"
+    assert extract_answer("Answer: **5**.") == "5"
+    graded = grade(INTEGER, "No marker here. Answer: 4", "4", marker_required=False)
+    assert (graded.correct, graded.extracted_by) == (True, "answer_colon")
