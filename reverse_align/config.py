@@ -229,7 +229,7 @@ class DPOConfig:
     logging_steps: int = 1
     # Seed of training only (data order, dropout); the world and base model keep data.seed.
     seed: int = 0
-    # Which pairs of the invert run to train on: "all" (Table 2) or "probe" (§3.2; set by `probe`).
+    # Which pairs of the invert run to train on: "all" (Table 3) or "probe" (§3.2; set by `probe`).
     train_set: str = "all"
 
 

@@ -5,7 +5,7 @@ Like a lab notebook, in the paper's order:
 2. data      forward set, held-out tests, probe set
 3. invert    the reverse of every forward item
 4. sft       Table 1: one LoRA SFT per mix (forward, reverse, mixed, mixed_half), per training seed
-5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO; per seed
+5. dpo       Table 3: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO; per seed
 6. probe     Figure 2: ALP learning dynamics trained on D_f, D_r and D_m
 7. evaluate  the base model and every SFT and DPO adapter on eval.benchmarks
 8. sweep     DPO beta over sweep.beta_low..beta_high on the mixed SFT model

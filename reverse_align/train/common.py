@@ -79,7 +79,7 @@ def peft_lora_config(lora: LoraConfig, tied: bool = False):
     #   sft_trainer.py:1144 and dpo_trainer.py:960, called with fused_lm_head=True at sft_trainer.py:1611 and
     #   dpo_trainer.py:1299). No SFTConfig/DPOConfig field turns it off; both trainers refuse a PeftModel whose
     #   output embedding is a LoRA layer (sft_trainer.py:1066-1073, dpo_trainer.py:835-842).
-    # - transformers' own Trainer and loss would train an lm_head LoRA in SFT, but DPO (Table 2) continues from
+    # - transformers' own Trainer and loss would train an lm_head LoRA in SFT, but DPO (Table 3) continues from
     #   the SFT adapter, and trl's DPOTrainer refuses that adapter: the study needs one layout for both stages.
     # So lm_head is trained in full as A.4.1 asks, through `modules_to_save` (a trainable copy saved inside the
     # adapter, never the base weights): on paper-7b 1.19B trainable parameters instead of 686M

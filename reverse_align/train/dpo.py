@@ -3,7 +3,7 @@
 Two modes, both one LoRA adapter on the original base model, both through
 trl's ``DPOTrainer`` configured, not subclassed:
 
-- continuation (``sft_run_id`` given, Table 2): the SFT adapter is loaded as the
+- continuation (``sft_run_id`` given, Table 3): the SFT adapter is loaded as the
   trainable ``default`` adapter. trl sees a ``PeftModel`` with no ``ref_model``
   and no ``peft_config`` and adds a frozen adapter ``ref`` that is a copy of
   ``default`` (trl/trainer/dpo_trainer.py, "create a 'ref' adapter"); the
