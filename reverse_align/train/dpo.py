@@ -269,7 +269,9 @@ def run_dpo(
         run_id = run.info.run_id
         checkpoint = None
         if resuming:
-            checkpoint = common.resume_checkpoint(common.run_output_dir(run_id), run_id)
+            checkpoint = common.resume_checkpoint(
+                common.run_output_dir(run_id), run_id, common.uses_deepspeed(cfg.dpo.num_processes, cfg.dpo.deepspeed)
+            )
             mlflow.set_tag(tracking.TAG_RESUMED_FROM_STEP, common.resumed_step(checkpoint))
         kwargs = {
             "sft_run_id": sft_run_id, "data_run_id": data_run_id, "direction": direction, "run_id": run_id,
