@@ -113,6 +113,10 @@ class InvertConfig:
     teacher: str = "synthetic"
     # OpenAI-compatible endpoint; empty = OPENAI_BASE_URL or the client default.
     base_url: str = ""
+    # The model the endpoint must report serving (the `model` field of each chat completion): each answer's
+    # is journaled and tagged on the run, and one that differs is warned about. An alias may move on: DeepSeek's
+    # `deepseek-reasoner` was R1 when the paper ran and now serves a later model. Empty = recorded, not checked.
+    expected_teacher_model: str = ""
     # Requests in flight at once.
     concurrency: int = 16
     # Seconds before a request is abandoned and retried.
