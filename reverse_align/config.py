@@ -291,8 +291,9 @@ class EvalConfig:
     gpqa_source: str = "Idavidrein/gpqa"  # config gpqa_diamond (gated: needs an HF token)
     # GPQA lists the correct answer first; each question's options are shuffled with this seed.
     gpqa_shuffle_seed: int = 0
-    # s1 format: the answer is read only after <|im_start|>answer. false: a response without the marker
-    # is read whole (a model never trained on the format, e.g. an instruct model without SFT).
+    # Models trained on the s1 format (SFT, DPO over an SFT model): the answer is read only after
+    # <|im_start|>answer; false: a response without the marker is read whole. The base model and direct DPO,
+    # never trained on the format, are always prompted in plain chat and read whole (eval.format "chat").
     answer_marker_required: bool = True
     # Bootstrap resamples of the questions for the 95% interval when samples > 1.
     bootstrap_resamples: int = 2000

@@ -31,6 +31,7 @@ from pathlib import Path
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
+from reverse_align.eval.stage import CHAT_FORMAT
 from reverse_align.models import TINY_BASE
 from reverse_align.scheduler import Job, Outcome, Ref, run_graph
 
@@ -139,7 +140,9 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
         ))  # fmt: skip
     jobs.append(Job(
         "eval.base", "reverse_align.eval.stage:run_evaluate", cfg, {"data_run_id": Ref("data")},
-        find=finder("evaluate", cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data")}),
+        # eval.format: a base evaluation graded in the SFT models' format (before it was chat) is not reused.
+        find=finder("evaluate", cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data"),
+                                              tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT}),
     ))  # fmt: skip
     for seed in seeds:
         seed_cfg = seeded(cfg, seed)
@@ -153,9 +156,10 @@ def plan(cfg: Config, seeds: list[int], parent_id: str) -> list[Job]:
                 find = finder("dpo", seed_cfg, tags={up("sft"): Ref(f"sft.{on}.seed{seed}")}, without_tags=not_in_a_sweep)
             jobs.append(Job(key, "reverse_align.train.dpo:run_dpo", seed_cfg, args, find=find))
         for trained in [f"sft.{mix}.seed{seed}" for mix in SFT_MIXES] + [f"dpo.{on}.seed{seed}" for on in (*DPO_ON, "direct")]:
+            fmt = {tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT} if trained.startswith("dpo.direct.") else {}
             jobs.append(Job(
                 f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", cfg, {"run_id": Ref(trained)},
-                find=finder("evaluate", cfg, params={"eval.run_id": Ref(trained)}),
+                find=finder("evaluate", cfg, params={"eval.run_id": Ref(trained), **fmt}),
             ))  # fmt: skip
     evaluated = [job.key for job in jobs if job.key.startswith("eval.")]
     # Promote among this study's adapters only (its invert run), on the metric evaluate copies onto them.
