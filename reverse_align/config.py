@@ -117,6 +117,10 @@ class InvertConfig:
     teacher: str = "synthetic"
     # OpenAI-compatible endpoint; empty = OPENAI_BASE_URL or the client default.
     base_url: str = ""
+    # The model the endpoint must report serving (the `model` field of each chat completion): each answer's
+    # is journaled and tagged on the run, and one that differs is warned about. An alias may move on: DeepSeek's
+    # `deepseek-reasoner` was R1 when the paper ran and now serves a later model. Empty = recorded, not checked.
+    expected_teacher_model: str = ""
     # Requests in flight at once.
     concurrency: int = 16
     # Seconds before a request is abandoned and retried.
@@ -233,7 +237,7 @@ class DPOConfig:
     logging_steps: int = 1
     # Seed of training only (data order, dropout); the world and base model keep data.seed.
     seed: int = 0
-    # Which pairs of the invert run to train on: "all" (Table 2) or "probe" (§3.2; set by `probe`).
+    # Which pairs of the invert run to train on: "all" (Table 3) or "probe" (§3.2; set by `probe`).
     train_set: str = "all"
 
 
@@ -291,8 +295,9 @@ class EvalConfig:
     gpqa_source: str = "Idavidrein/gpqa"  # config gpqa_diamond (gated: needs an HF token)
     # GPQA lists the correct answer first; each question's options are shuffled with this seed.
     gpqa_shuffle_seed: int = 0
-    # s1 format: the answer is read only after <|im_start|>answer. false: a response without the marker
-    # is read whole (a model never trained on the format, e.g. an instruct model without SFT).
+    # Models trained on the s1 format (SFT, DPO over an SFT model): the answer is read only after
+    # <|im_start|>answer; false: a response without the marker is read whole. The base model and direct DPO,
+    # never trained on the format, are always prompted in plain chat and read whole (eval.format "chat").
     answer_marker_required: bool = True
     # Bootstrap resamples of the questions for the 95% interval when samples > 1.
     bootstrap_resamples: int = 2000

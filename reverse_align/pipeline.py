@@ -5,7 +5,7 @@ Like a lab notebook, in the paper's order:
 2. data      forward set, held-out tests, probe set
 3. invert    the reverse of every forward item
 4. sft       Table 1: one LoRA SFT per mix (forward, reverse, mixed, mixed_half), per training seed
-5. dpo       Table 2: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO; per seed
+5. dpo       Table 3: DPO on the forward, reverse and mixed SFT models; Table 4: direct DPO; per seed
 6. probe     Figure 2: ALP learning dynamics trained on D_f, D_r and D_m
 7. evaluate  the base model and every SFT and DPO adapter on eval.benchmarks
 8. sweep     DPO beta over sweep.beta_low..beta_high on the mixed SFT model
@@ -31,6 +31,7 @@ from pathlib import Path
 from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
+from reverse_align.eval.stage import CHAT_FORMAT
 from reverse_align.models import TINY_BASE
 from reverse_align.scheduler import Job, Outcome, Ref, run_graph
 
@@ -206,7 +207,9 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
         base_cfg = based(cfg, base)
         jobs.append(Job(
             base_key("eval.base", base, bases), "reverse_align.eval.stage:run_evaluate", base_cfg, {"data_run_id": Ref("data")},
-            find=finder("evaluate", base_cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data")}),
+            # eval.format: a base evaluation graded in the SFT models' format (before it was chat) is not reused.
+            find=finder("evaluate", base_cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data"),
+                                                       tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT}),
             after=pretrained(base),
         ))  # fmt: skip
     for base in bases:
@@ -226,9 +229,10 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
             trained_keys = [replicate_key(f"sft.{mix}", base, seed, bases) for mix in SFT_MIXES]
             trained_keys += [replicate_key(f"dpo.{on}", base, seed, bases) for on in (*DPO_ON, "direct")]
             for trained in trained_keys:
+                fmt = {tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT} if trained.startswith("dpo.direct.") else {}
                 jobs.append(Job(
                     f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", seed_cfg, {"run_id": Ref(trained)},
-                    find=finder("evaluate", seed_cfg, params={"eval.run_id": Ref(trained)}),
+                    find=finder("evaluate", seed_cfg, params={"eval.run_id": Ref(trained), **fmt}),
                 ))  # fmt: skip
     evaluated = [job.key for job in jobs if job.key.startswith("eval.")]
     # Promote among this study's adapters only (its invert run), on the metric evaluate copies onto them.

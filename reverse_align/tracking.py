@@ -230,6 +230,13 @@ ARTIFACT_EVAL_SAMPLES = "eval/samples"
 TAG_EVAL_RUN = "reverse_align.eval_run"
 ARTIFACT_EVAL_RESULTS = "eval/lm_eval_results.json"
 # evaluate params beyond the config: sha256 (12 hex) of each shipped task file and of the questions scored.
+# The models the teacher endpoint reported serving (the `model` of each chat completion, journal included):
+# "name (answers), ..."; and "true"/"false": one of them is not invert.expected_teacher_model (unset: not checked).
+TAG_INVERT_SERVED_MODELS = "reverse_align.invert.served_models"
+TAG_INVERT_TEACHER_MISMATCH = "reverse_align.invert.teacher_mismatch"
+# How the evaluated model was prompted and graded: "s1" (think marker, answer after the answer marker) or "chat"
+# (plain chat, answer read from the whole response: the base model and direct DPO). reverse_align.eval.stage.
+PARAM_EVAL_FORMAT = "eval.format"
 PARAM_EVAL_TASK_SHA = "eval.task_sha"
 PARAM_EVAL_DATA_SHA = "eval.data_sha"
 

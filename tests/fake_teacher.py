@@ -68,6 +68,8 @@ class FakeTeacher:
     api_key: str = ""  # when set, other keys get a 401
     # Like OpenAI's reasoning models: a 400 for max_tokens, which they replaced by max_completion_tokens.
     refuse_max_tokens: bool = False
+    # The model named in each completion; empty = the requested one (as an endpoint serving that name does).
+    served_model: str = ""
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self):
@@ -306,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": f"chatcmpl-{len(teacher.requests)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body.get("model", "fake-r1"),
+                "model": teacher.served_model or body.get("model", "fake-r1"),
                 "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
                 "usage": {
                     "prompt_tokens": prompt_tokens,

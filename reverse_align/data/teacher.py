@@ -16,6 +16,11 @@ Dependable on a paid, rate-limited API:
   rerunning the same data run + teacher + limit: the newest unfinished such
   run is found and continued) asks only for the steps the journal lacks.
   A lock file keeps two processes from writing one journal.
+- Each answer's journal entry holds the model the endpoint reported serving
+  (the completion's ``model``); the run's tag ``reverse_align.invert.served_models``
+  counts them, and a model other than ``invert.expected_teacher_model`` is warned
+  about (at its first answer and at the end) and tagged as a mismatch: an alias
+  such as ``deepseek-reasoner`` can move to another model than the paper's R1.
 - Answers are judged from the journal (:mod:`teacher_parse`), so a resumed run
   and an uninterrupted one produce the same records from the same answers.
 - The spend cap (``invert.max_requests`` / ``invert.max_tokens_total``) counts
@@ -71,6 +76,8 @@ STEP_SOLUTION = "solution"
 # 2: the header holds temperature and max_completion_tokens too.
 JOURNAL_VERSION = 2
 SPEND_CAP = "spend cap"
+# An answer whose response named no model.
+UNREPORTED = "(not reported)"
 
 # ---------------------------------------------------------------- templates
 
@@ -187,6 +194,7 @@ class Journal:
         self.failed: dict[tuple[str, str], dict] = {}
         self.entries = 0
         self.spent = Usage()  # every request the journal records, superseded failures included
+        self.served: collections.Counter[str] = collections.Counter()  # answers per model the endpoint reported
         self._handle = None
         for entry in entries:
             self._index(entry)
@@ -198,6 +206,8 @@ class Journal:
         self.spent.prompt_tokens += entry.get("prompt_tokens", 0)
         self.spent.completion_tokens += entry.get("completion_tokens", 0)
         key = (entry["item"], entry["step"])
+        if entry["kind"] == "answer":
+            self.served[entry.get("model") or UNREPORTED] += 1
         if entry["kind"] == "failed":
             self.failed[key] = entry
         else:
@@ -297,6 +307,13 @@ async def _ask(client: TeacherClient, journal: Journal, item: str, step: str, pr
             journal.append({**base, "kind": "failed", "error": SPEND_CAP, "requests": exc.requests})
         raise
     else:
+        expected = client.cfg.expected_teacher_model
+        if expected and reply.model != expected and reply.model not in journal.served:
+            print(
+                f"warning: the teacher endpoint answered as model {reply.model or UNREPORTED!r}, not "
+                f"invert.expected_teacher_model {expected!r} (every answer's model is in the journal)",
+                file=sys.stderr,
+            )
         entry = {
             **base,
             "kind": "answer",
@@ -376,11 +393,12 @@ class Outcome:
     reverses: list[Record]
     rejected: list[dict]
     pending: list[str]  # forward ids with a request still to send (spend cap)
+    served: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # answers per model
 
 
 def judge(forward: list[Record], journal: Journal, source: str) -> Outcome:
     """Reverse records and rejections from the journal's answers, in forward order."""
-    outcome = Outcome([], [], [])
+    outcome = Outcome([], [], [], collections.Counter(journal.served))
     for record in forward:
         row = {"id": record.id, "pair_id": record.pair_id, "question": record.question}
         new_question = None
@@ -491,6 +509,7 @@ def invert_with_teacher(cfg: Config, forward: list[Record], api_key: str = "", r
             }
         )
         mlflow.log_metrics(metrics)
+        _record_served_models(cfg.invert, outcome.served)
         if path.exists():
             mlflow.log_artifact(str(path), artifact_path=os.path.dirname(tracking.ARTIFACT_INVERT_JOURNAL))
         if outcome.pending:
@@ -519,6 +538,34 @@ def invert_with_teacher(cfg: Config, forward: list[Record], api_key: str = "", r
         return outcome.reverses, outcome.rejected, usage_dict
     finally:
         unlock_journal(run_id)
+
+
+def served_mismatch(cfg: InvertConfig, served: collections.Counter) -> dict[str, int]:
+    """Answers per reported model that is not ``invert.expected_teacher_model`` (empty when unset)."""
+    expected = cfg.expected_teacher_model
+    return {model: n for model, n in served.items() if expected and model != expected}
+
+
+def _record_served_models(cfg: InvertConfig, served: collections.Counter) -> None:
+    """The models the endpoint reported, on the run (a tag: a resumed run adds answers), and a warning
+    naming every one that is not the expected teacher."""
+    import mlflow
+
+    text = ", ".join(f"{model} ({n})" for model, n in served.most_common())
+    wrong = served_mismatch(cfg, served)
+    tags = {tracking.TAG_INVERT_SERVED_MODELS: text or "none"}
+    if cfg.expected_teacher_model:
+        tags[tracking.TAG_INVERT_TEACHER_MISMATCH] = str(bool(wrong)).lower()
+    mlflow.set_tags(tags)
+    if wrong:
+        answers = sum(wrong.values())
+        print(
+            f"warning: {answers} of {sum(served.values())} teacher answers came from "
+            f"{', '.join(sorted(wrong))}, not invert.expected_teacher_model {cfg.expected_teacher_model!r} "
+            f"(--teacher {cfg.teacher!r} at {cfg.base_url or 'the default endpoint'}): the reverses are another "
+            "teacher's than the forward traces'",
+            file=sys.stderr,
+        )
 
 
 def _log_templates(run_id: str, templates: Templates) -> None:

@@ -7,8 +7,13 @@ evaluated run was trained on (its ``reverse_align.upstream.invert`` tag).
 
 lm-eval's ``simple_evaluate`` runs the tasks shipped in eval/tasks/ (registered
 with ``TaskManager(include_path=...)``, lm-eval's own tasks not loaded), with
-the chat template, the s1 think marker opening the answer, and the preset's
-generation settings: greedy with ``eval.max_new_tokens`` (§4), or
+the chat template, in the format the evaluated model was trained on
+(:func:`answer_format`, param ``eval.format``): ``s1`` for SFT models and DPO
+over them (the think marker opens the response, the answer is read after
+``<|im_start|>answer``, as ``eval.answer_marker_required`` says); ``chat`` for
+the base model and direct DPO, which never learnt the s1 format (no think
+marker, the answer read from the whole response: graded as SFT models, every
+answer of theirs would count as truncated). Then the preset's generation settings: greedy with ``eval.max_new_tokens`` (§4), or
 ``eval.samples`` answers per question at ``eval.temperature``/``eval.top_p``
 (pass@1 averaged over them). Generation is batched (``eval.batch_size``) with
 lm-eval's progress bar. Answers are graded offline (eval/grading.py) or by a
@@ -16,15 +21,17 @@ judge model (``--judge``, eval/judge.py, cached).
 
 Logs ``eval/<benchmark>/{accuracy,ci_low,ci_high,unparsed,truncated,questions,answers}``
 and ``eval/average``; ``eval/samples/<benchmark>.json`` (per-sample table) and
-``eval/lm_eval_results.json``; params: the eval config, ``eval.task_sha.<benchmark>``
+``eval/lm_eval_results.json``; params: the eval config, ``eval.format``, ``eval.task_sha.<benchmark>``
 (shipped task files) and ``eval.data_sha.<benchmark>`` (the questions scored);
 tags ``reverse_align.upstream.<sft|dpo>`` and ``.upstream.<invert|data>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from reverse_align import tracking
@@ -33,11 +40,36 @@ from reverse_align.errors import UserError
 from reverse_align.eval import benchmarks as bench
 from reverse_align.eval import results
 from reverse_align.eval.judge import OFFLINE, Judge
+from reverse_align.formatting import THINK_MARKER
 from reverse_align.models import require_same_base
 
 STAGE = "evaluate"
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TEMPLATE = "_default_template_yaml"
+S1_FORMAT, CHAT_FORMAT = "s1", "chat"
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a model is prompted and its answer read: the shipped tasks' ``gen_prefix`` and the grader's marker rule."""
+
+    name: str  # S1_FORMAT or CHAT_FORMAT (param eval.format)
+    gen_prefix: str | None  # what opens the assistant turn; None = the bare chat template's assistant header
+    marker_required: bool  # the answer only after <|im_start|>answer (eval/grading.py)
+
+
+S1 = AnswerFormat(S1_FORMAT, THINK_MARKER, True)
+
+
+def answer_format(cfg: Config, evaluated) -> AnswerFormat:
+    """The format the evaluated model was trained on: s1 for an SFT run and DPO over one (``dpo.reference``
+    ``sft``); plain chat for the base model (``evaluated`` None) and direct DPO (reference ``base``)."""
+    trained_on_s1 = evaluated is not None and not (
+        evaluated.data.tags.get(tracking.TAG_STAGE) == "dpo" and evaluated.data.params.get("dpo.reference") == "base"
+    )
+    if trained_on_s1:
+        return AnswerFormat(S1_FORMAT, THINK_MARKER, cfg.eval.answer_marker_required)
+    return AnswerFormat(CHAT_FORMAT, None, False)
 
 
 def check_eval_config(cfg: Config) -> None:
@@ -65,7 +97,7 @@ def generation_kwargs(cfg: Config) -> dict:
     return {"max_gen_toks": e.max_new_tokens, "do_sample": False}
 
 
-def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path) -> dict:
+def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path, fmt: AnswerFormat = S1) -> dict:
     """lm-eval's simple_evaluate over the shipped tasks; returns its results with the samples."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -74,6 +106,7 @@ def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path) -> dict:
     tasks = manager.load(names)["tasks"]
     for task in tasks.values():
         task.set_config(key="repeats", value=cfg.eval.samples)
+        task.set_config(key="gen_prefix", value=fmt.gen_prefix)  # the tasks' YAML holds the s1 marker
     return simple_evaluate(
         model=lm,
         tasks=[tasks[n] for n in names],
@@ -113,19 +146,24 @@ def run_evaluate(cfg: Config, run_id: str = "", data_run_id: str = "", api_key: 
         require_same_base(cfg, evaluated, "--run_id")
     data_run_id = _data_run(evaluated, data_run_id, names)
     judge = None if cfg.eval.judge in ("", OFFLINE) else Judge(cfg.eval.judge, cfg.eval.judge_base_url, api_key)
+    fmt = answer_format(cfg, evaluated)
+    # The docs carry the grader's marker rule (eval/tasks/hooks.py reads it per doc).
+    doc_cfg = dataclasses.replace(cfg.eval, answer_marker_required=fmt.marker_required)
     # Every benchmark's questions are read before any run or model exists: missing data is one line.
-    docs = {name: bench.load_docs(name, cfg.eval, data_run_id) for name in names}
+    docs = {name: bench.load_docs(name, doc_cfg, data_run_id) for name in names}
     with tempfile.TemporaryDirectory(prefix="reverse-align-eval-") as tmp:
-        return _evaluate(cfg, names, docs, evaluated, run_id, data_run_id, judge, Path(tmp))
+        return _evaluate(cfg, names, docs, evaluated, run_id, data_run_id, judge, Path(tmp), fmt)
 
 
-def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str, judge, docs_dir: Path) -> str:
+def _evaluate(
+    cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str, judge, docs_dir: Path, fmt: AnswerFormat
+) -> str:
     import mlflow
 
     from reverse_align.eval.lm import build_lm
     from reverse_align.models import resolve_base_model
 
-    params = {"eval.run_id": run_id or "base", "eval.data_run_id": data_run_id}
+    params = {"eval.run_id": run_id or "base", "eval.data_run_id": data_run_id, tracking.PARAM_EVAL_FORMAT: fmt.name}
     for name in names:
         params[f"{tracking.PARAM_EVAL_TASK_SHA}.{name}"] = task_sha(name)
         params[f"{tracking.PARAM_EVAL_DATA_SHA}.{name}"] = bench.write_docs(docs[name], docs_dir / f"{name}.jsonl")
@@ -141,7 +179,7 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
             tracking.download_artifact(run_id, tracking.ARTIFACT_ADAPTER, str(docs_dir / "adapter")) if run_id else None
         )
         lm = build_lm(cfg, base_path, adapter_dir)
-        output = run_lm_eval(cfg, lm, names, docs_dir)
+        output = run_lm_eval(cfg, lm, names, docs_dir, fmt)
         rows, metrics = {}, {}
         for name in names:
             rows[name] = results.sample_rows(name, output["samples"][name])
@@ -157,7 +195,7 @@ def _evaluate(cfg: Config, names, docs, evaluated, run_id: str, data_run_id: str
         if evaluated is not None:
             results.copy_to_evaluated(run_id, run.info.run_id, metrics, names)
         what = f"{evaluated.data.tags[tracking.TAG_STAGE]} run {run_id}" if evaluated else "the base model"
-        print(f"evaluate run {run.info.run_id}: {what}\n{results.summary_table(metrics, names)}")
+        print(f"evaluate run {run.info.run_id}: {what}, {fmt.name} format\n{results.summary_table(metrics, names)}")
         if judge is not None:
             print(f"judge {judge.model}: {judge.requests} requests sent (the rest from its cache)")
         return run.info.run_id

@@ -21,6 +21,11 @@ from reverse_align.report.paired import Paired, paired_difference, per_question
 from reverse_align.report.study import Study, find_main_run
 
 STAGE = "report"
+# The paper's tables no stage of this study produces (listed under Missing in every report).
+NOT_RUN = (
+    "Not run by this study: Table 2 (SFT on D_s1k with Gemini against DeepSeek-R1 traces, PROTOCOL §6's "
+    "teacher table); no stage trains on s1K's Gemini traces."
+)
 
 
 def study_preset(args: dict) -> str:
@@ -93,7 +98,7 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
             + tables.paired_table(paired),
             None,
         ),
-        ("Table 2: DPO on the SFT models", tables.dpo_table(study, columns, size), None),
+        ("Table 3: DPO on the SFT models", tables.dpo_table(study, columns, size), None),
         ("Table 4: direct DPO (no SFT)", tables.direct_table(study, columns, size), None),
     ]
     figure_md = "\n\n".join(f"![Figure 2 {kind}]({p.name})" for kind, p in figure_paths.items())
@@ -121,9 +126,8 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
         links = "\n\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in screenshot_paths)
         sections.append(("MLflow UI", "Screenshots of the tracking UI for this experiment.", links))
     missing = study.missing()
-    sections.append(
-        ("Missing", "\n".join(f"- {k}" for k in missing) if missing else "Nothing: the study is whole.", None)
-    )
+    runs_missing = "\n".join(f"- {k}" for k in missing) if missing else "No run of this study is missing."
+    sections.append(("Missing", f"{runs_missing}\n\n{NOT_RUN}", None))
     sections.append(("Runs used", tables.runs_table(study), None))
     full = head + [f"## {title}\n\n{text}" + (f"\n\n{images}" if images else "") for title, text, images in sections]
     # The note leaves out the run list (the main run tags its stage runs) and the screenshots.

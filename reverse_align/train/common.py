@@ -16,7 +16,8 @@ subclasses or copies a trainer.
   ``checkpoints/<name>/`` (adapter files only) and its trainer state (optimizer,
   scheduler, RNG, trainer_state.json) -> ``resume/checkpoint-<step>/``.
 - :func:`resume_checkpoint` - the checkpoint to resume from: the newest local
-  one, else the newest one logged to MLflow, downloaded; None to start fresh.
+  one, else the newest one logged to MLflow, downloaded (not under DeepSpeed:
+  refused, the store lacks its shards); None to start fresh.
 - :func:`save_final_adapter` - the trained adapter -> ``<output_dir>/final`` (all ranks).
 - :func:`load_adapter_model` - base model + a saved adapter (a ``PeftModel``).
 - :func:`log_final_adapter` - a trained PeftModel's adapter -> ``adapter/`` and
@@ -57,6 +58,8 @@ RESUME_FILE_PREFIXES = ("optimizer", "scheduler", "rng_state", "trainer_state", 
 # Written into each logged resume state: which checkpoints/<name> holds its adapter.
 RESUME_POINTER = "checkpoint.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+# DeepSpeed's checkpoint inside a trainer checkpoint: sharded weights, optimizer and scheduler state.
+DEEPSPEED_STATE = "global_step*"
 LM_HEAD = "lm_head"
 
 
@@ -79,7 +82,7 @@ def peft_lora_config(lora: LoraConfig, tied: bool = False):
     #   sft_trainer.py:1144 and dpo_trainer.py:960, called with fused_lm_head=True at sft_trainer.py:1611 and
     #   dpo_trainer.py:1299). No SFTConfig/DPOConfig field turns it off; both trainers refuse a PeftModel whose
     #   output embedding is a LoRA layer (sft_trainer.py:1066-1073, dpo_trainer.py:835-842).
-    # - transformers' own Trainer and loss would train an lm_head LoRA in SFT, but DPO (Table 2) continues from
+    # - transformers' own Trainer and loss would train an lm_head LoRA in SFT, but DPO (Table 3) continues from
     #   the SFT adapter, and trl's DPOTrainer refuses that adapter: the study needs one layout for both stages.
     # So lm_head is trained in full as A.4.1 asks, through `modules_to_save` (a trainable copy saved inside the
     # adapter, never the base weights): on paper-7b 1.19B trainable parameters instead of 686M
@@ -128,6 +131,13 @@ def run_output_dir(run_id: str) -> Path:
     return cache_dir() / "runs" / run_id
 
 
+def uses_deepspeed(num_processes: int, deepspeed: str) -> bool:
+    """Whether a run with these settings trains under DeepSpeed here (several processes on GPUs, a config given)."""
+    import torch
+
+    return bool(deepspeed) and num_processes > 1 and torch.cuda.is_available()
+
+
 def device_training_args(num_processes: int, deepspeed: str, gradient_checkpointing: bool) -> dict[str, Any]:
     """TrainingArguments kwargs that depend on where the run executes.
 
@@ -145,7 +155,7 @@ def device_training_args(num_processes: int, deepspeed: str, gradient_checkpoint
         args["ddp_backend"] = "nccl" if on_gpu else "gloo"
         # LoRA: every trainable parameter takes part in every step.
         args["ddp_find_unused_parameters"] = False
-        if on_gpu and deepspeed:
+        if uses_deepspeed(num_processes, deepspeed):
             # Relative paths (configs/deepspeed/zero3.json) are the project's, wherever the run starts.
             path = Path(deepspeed)
             if not path.is_absolute() and not path.exists():
@@ -264,20 +274,27 @@ def _checkpoint_step(name: str) -> int:
         return -1
 
 
-def _complete(checkpoint: Path) -> bool:
-    """A checkpoint a kill did not cut short: adapter and trainer state are both written."""
-    return all((checkpoint / f).is_file() for f in (*ADAPTER_FILES, "trainer_state.json"))
+def _complete(checkpoint: Path, deepspeed: bool = False) -> bool:
+    """A checkpoint a kill did not cut short: adapter and trainer state are both written (and, for a
+    DeepSpeed run, DeepSpeed's own ``global_step<n>/`` folder, which transformers resumes from)."""
+    written = all((checkpoint / f).is_file() for f in (*ADAPTER_FILES, "trainer_state.json"))
+    return written and (not deepspeed or any(p.is_dir() for p in checkpoint.glob(DEEPSPEED_STATE)))
 
 
-def resume_checkpoint(output_dir: Path, run_id: str) -> str | None:
+def resume_checkpoint(output_dir: Path, run_id: str, deepspeed: bool = False) -> str | None:
     """The newest complete local checkpoint, else the newest one logged to the run (downloaded).
 
-    None when the run has no checkpoint yet (training starts from scratch).
+    None when the run has no checkpoint yet (training starts from scratch). ``deepspeed``: the run
+    resumes under DeepSpeed (:func:`uses_deepspeed`), whose trainer loads model, optimizer and scheduler
+    from the checkpoint's ``global_step<n>/`` shards only (transformers' ``deepspeed_load_checkpoint``
+    raises without one). The store keeps the adapter and trainer state, not those shards (tens of GB
+    for 7B under ZeRO-3), so a DeepSpeed run resumes from its local checkpoints only; when only the
+    store has one, that is bad input, said in one line with the ways out.
     """
     import mlflow
 
     local = sorted(
-        (p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _complete(p)),
+        (p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _complete(p, deepspeed)),
         key=lambda p: _checkpoint_step(p.name),
     )
     if local:
@@ -288,6 +305,12 @@ def resume_checkpoint(output_dir: Path, run_id: str) -> str | None:
     if not logged:
         return None
     name = logged[-1]
+    if deepspeed:
+        raise UserError(
+            f"--run_id {run_id}: its last checkpoint ({name}) is in the MLflow store only, which holds the adapter and "
+            f"trainer state but not DeepSpeed's ZeRO-3 shards ({DEEPSPEED_STATE.rstrip('*')}<n>/) that a DeepSpeed "
+            f"run resumes from; resume on the machine whose {output_dir} holds them, or start a new run (no --run_id)"
+        )
     target = Path(output_dir) / name
     partial = Path(output_dir) / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)

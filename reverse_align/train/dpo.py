@@ -3,7 +3,7 @@
 Two modes, both one LoRA adapter on the original base model, both through
 trl's ``DPOTrainer`` configured, not subclassed:
 
-- continuation (``sft_run_id`` given, Table 2): the SFT adapter is loaded as the
+- continuation (``sft_run_id`` given, Table 3): the SFT adapter is loaded as the
   trainable ``default`` adapter. trl sees a ``PeftModel`` with no ``ref_model``
   and no ``peft_config`` and adds a frozen adapter ``ref`` that is a copy of
   ``default`` (trl/trainer/dpo_trainer.py, "create a 'ref' adapter"); the
@@ -269,7 +269,9 @@ def run_dpo(
         run_id = run.info.run_id
         checkpoint = None
         if resuming:
-            checkpoint = common.resume_checkpoint(common.run_output_dir(run_id), run_id)
+            checkpoint = common.resume_checkpoint(
+                common.run_output_dir(run_id), run_id, common.uses_deepspeed(cfg.dpo.num_processes, cfg.dpo.deepspeed)
+            )
             mlflow.set_tag(tracking.TAG_RESUMED_FROM_STEP, common.resumed_step(checkpoint))
         kwargs = {
             "sft_run_id": sft_run_id, "data_run_id": data_run_id, "direction": direction, "run_id": run_id,

@@ -279,7 +279,9 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
         mlflow.log_params({k: v for k, v in counts.items() if k not in existing})
         checkpoint = None
         if resuming:
-            checkpoint = common.resume_checkpoint(common.run_output_dir(run_id), run_id)
+            checkpoint = common.resume_checkpoint(
+                common.run_output_dir(run_id), run_id, common.uses_deepspeed(cfg.sft.num_processes, cfg.sft.deepspeed)
+            )
             _note_resume(run_id, checkpoint)
         if cfg.sft.num_processes > 1:
             kwargs = {"data_run_id": data_run_id, "mix": mix, "run_id": run_id, "resume_from": checkpoint}

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from reverse_align import tracking
 from reverse_align.config import load_config
 from reverse_align.data.invert import load_run_records
+from reverse_align.errors import UserError
 from reverse_align.train import common, dpo
 from reverse_align.train.preferences import preference_dataset, preference_pairs
 
@@ -248,7 +249,18 @@ def test_killed_run_resumes_into_the_same_run(dpo_run, micro_sft, micro_invert, 
         order_by=["attributes.start_time DESC"],
     )[0]
     run_id = killed.info.run_id
-    shutil.rmtree(common.run_output_dir(run_id))  # resume from the checkpoint logged to MLflow
+    output_dir = common.run_output_dir(run_id)
+    # Under DeepSpeed (ZeRO-3 on GPUs) a checkpoint needs DeepSpeed's global_step<n>/ shards, which the store
+    # lacks: a local one that has them is used, one without them and the store's copy are refused in one line.
+    assert common.resume_checkpoint(output_dir, run_id) == str(output_dir / "checkpoint-2")
+    with pytest.raises(UserError, match=r"checkpoint-2\) is in the MLflow store only.*global_step<n>/.*no --run_id"):
+        common.resume_checkpoint(output_dir, run_id, deepspeed=True)
+    (output_dir / "checkpoint-2" / "global_step2").mkdir()
+    assert common.resume_checkpoint(output_dir, run_id, deepspeed=True) == str(output_dir / "checkpoint-2")
+    shutil.rmtree(output_dir)  # resume from the checkpoint logged to MLflow
+    with pytest.raises(UserError) as refused:
+        common.resume_checkpoint(output_dir, run_id, deepspeed=True)
+    assert "\n" not in str(refused.value) and not list(output_dir.glob("checkpoint-*"))
     assert dpo.run_dpo(cfg, sft_run_id=micro_sft, data_run_id=micro_invert, run_id=run_id) == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -70,6 +70,7 @@ def test_synthetic_benchmarks_on_an_sft_run(micro_sft, micro_invert, client):
     assert tags[tracking.TAG_STAGE] == "evaluate" and run.info.status == "FINISHED"
     assert tags[tracking.tag_upstream("sft")] == micro_sft
     assert tags[tracking.tag_upstream("invert")] == micro_invert  # found through the SFT run's own tag
+    assert params[tracking.PARAM_EVAL_FORMAT] == "s1"
     for name in SYNTHETIC:
         acc = metrics[tracking.metric_eval_accuracy(name)]
         assert metrics[tracking.metric_eval(name, "questions")] == 5 == metrics[tracking.metric_eval(name, "answers")]
@@ -109,7 +110,10 @@ def test_aime_math_gpqa_end_to_end_on_local_files(micro_base, local_sources, cli
     run_id = run_evaluate(cfg)  # the base model: no adapter
     run = client.get_run(run_id)
     metrics = run.data.metrics
+    # Plain chat, the answer read from the whole response: no answer of the base counts as truncated.
+    assert run.data.params[tracking.PARAM_EVAL_FORMAT] == "chat"
     for name in ("aime24", "math500", "gpqa"):
+        assert metrics[tracking.metric_eval(name, "truncated")] == 0
         assert metrics[tracking.metric_eval(name, "questions")] == 2
         assert metrics[tracking.metric_eval(name, "answers")] == 4  # two samples per question
         assert tracking.metric_eval(name, "ci_low") in metrics
@@ -176,10 +180,10 @@ def test_judge_verdicts_are_cached_so_a_rerun_sends_no_request(micro_base, micro
             "eval.judge=judge-model",
             f"eval.judge_base_url={server.base_url}",
         )
-        cfg.eval.answer_marker_required = False  # the base model never writes the marker: let the judge read it all
         first = run_evaluate(cfg, data_run_id=micro_data)
         asked = len(server.requests)
-        assert asked == 3  # one verdict per answer
+        # One verdict per answer: the base model is read whole (chat format), so none is truncated unasked.
+        assert asked == 3
         second = run_evaluate(cfg, data_run_id=micro_data)
         assert len(server.requests) == asked  # every verdict came from the cache
     for run_id in (first, second):
@@ -209,3 +213,59 @@ def test_prompt_is_the_training_prompt_and_the_answer_marker_survives_decoding(m
     assert sample["arguments"][0][0] == generation_prompt(lm.tokenizer, record.question)
     ids = lm.tokenizer("so 5\n" + ANSWER_MARKER + "\n\\boxed{5}", add_special_tokens=False)["input_ids"]
     assert ANSWER_MARKER in lm.tok_decode(ids)  # HFLM's default decoding would drop <|im_start|>
+
+
+def test_base_and_direct_dpo_are_prompted_and_graded_in_plain_chat(micro_base, micro_sft, client, tmp_path):
+    """The format a model was trained on: s1 for SFT (and DPO over it), plain chat for the base and direct DPO."""
+    import dataclasses
+
+    from reverse_align.data import synthetic
+    from reverse_align.eval import benchmarks
+    from reverse_align.eval.lm import build_lm
+    from reverse_align.eval.stage import answer_format, run_lm_eval
+    from reverse_align.eval.tasks.hooks import process_results
+    from reverse_align.formatting import THINK_MARKER
+    from reverse_align.models import resolve_base_model
+
+    cfg = micro("eval.max_new_tokens=4")
+    experiment = client.create_experiment("eval-formats")
+    direct, continued = (
+        client.create_run(experiment, tags={tracking.TAG_STAGE: "dpo"}) for _ in range(2)
+    )
+    client.log_param(direct.info.run_id, "dpo.reference", "base")
+    client.log_param(continued.info.run_id, "dpo.reference", "sft")
+    formats = {
+        "base": answer_format(cfg, None),
+        "sft": answer_format(cfg, client.get_run(micro_sft)),
+        "dpo over sft": answer_format(cfg, client.get_run(continued.info.run_id)),
+        "direct dpo": answer_format(cfg, client.get_run(direct.info.run_id)),
+    }
+    assert {k: (f.name, f.gen_prefix, f.marker_required) for k, f in formats.items()} == {
+        "base": ("chat", None, False),
+        "sft": ("s1", THINK_MARKER, True),
+        "dpo over sft": ("s1", THINK_MARKER, True),
+        "direct dpo": ("chat", None, False),
+    }
+
+    # A response without the answer marker, as an instruct model writes one: read whole in chat format,
+    # truncated (never left the thinking) in s1 format.
+    record = synthetic.make_world(cfg.synthetic, cfg.data.seed).records("test", "forward")[0]
+    unmarked = f"Working backwards, the starting number is \\boxed{{{record.gold}}}."
+    graded = {}
+    for key in ("base", "sft"):
+        doc_cfg = dataclasses.replace(cfg.eval, answer_marker_required=formats[key].marker_required)
+        doc = benchmarks._doc(record.id, record.question, record.gold, "integer", doc_cfg)
+        graded[key] = process_results(doc, [unmarked])
+    assert graded == {"base": {"accuracy": 1.0, "unparsed": 0.0}, "sft": {"accuracy": 0.0, "unparsed": 1.0}}
+
+    # The chat-format prompt is the bare chat template: the assistant turn opens without the think marker.
+    benchmarks.write_docs(
+        [benchmarks._doc(record.id, record.question, record.gold, "integer", cfg.eval)],
+        tmp_path / "synthetic_forward.jsonl",
+    )
+    lm = build_lm(cfg, resolve_base_model(cfg), None)
+    sample = run_lm_eval(cfg, lm, ["synthetic_forward"], tmp_path, formats["base"])["samples"]["synthetic_forward"][0]
+    chat = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": record.question}], tokenize=False, add_generation_prompt=True
+    )
+    assert sample["arguments"][0][0] == chat and not chat.endswith(THINK_MARKER)

@@ -250,6 +250,33 @@ def test_invert_stage_with_a_teacher_logs_records_metrics_and_rejections(micro_d
         assert artifact(tracking.ARTIFACT_REVERSE) == reverse
 
 
+def test_the_model_the_endpoint_serves_is_recorded_and_a_different_one_warned(micro_data, client, capsys):
+    forward = _forward(3)
+    cfg = _cfg("invert.expected_teacher_model=fake-r1")
+    # An alias that moved on: asked for fake-r1, the endpoint answers as another model.
+    with FakeTeacher(served_model="fake-r2-0528") as server:
+        cfg.invert.base_url = server.base_url
+        run_id = run_invert(cfg, data_run_id=micro_data, limit="3", api_key=SECRET)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["invert.expected_teacher_model"] == "fake-r1"
+    assert run.data.tags[tracking.TAG_INVERT_SERVED_MODELS] == "fake-r2-0528 (6)"
+    assert run.data.tags[tracking.TAG_INVERT_TEACHER_MISMATCH] == "true"
+    journal = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.ARTIFACT_INVERT_JOURNAL}").splitlines()
+    answers = [json.loads(line) for line in journal[1:]]
+    assert len(answers) == 6 and {a["model"] for a in answers} == {"fake-r2-0528"}
+    err = capsys.readouterr().err
+    assert err.count("warning: the teacher endpoint answered as model 'fake-r2-0528'") == 1  # at its first answer
+    assert "warning: 6 of 6 teacher answers came from fake-r2-0528, not invert.expected_teacher_model 'fake-r1'" in err
+
+    # The endpoint serves the expected model: recorded, no warning.
+    with FakeTeacher() as server:
+        cfg.invert.base_url = server.base_url
+        run_id = run_invert(cfg, data_run_id=micro_data, limit="3", api_key=SECRET)
+    tags = client.get_run(run_id).data.tags
+    assert tags[tracking.TAG_INVERT_SERVED_MODELS] == "fake-r1 (6)" and tags[tracking.TAG_INVERT_TEACHER_MISMATCH] == "false"
+    assert "warning" not in capsys.readouterr().err
+
+
 def _journal_dirs() -> set[Path]:
     root = Path(os.environ["REVERSE_ALIGN_CACHE"]) / "invert"
     return set(root.iterdir()) if root.exists() else set()

@@ -85,7 +85,7 @@ def test_main_runs_the_whole_study_side_by_side_then_reuses_it(micro_base, clien
         text = f.read()
     columns = ["synthetic_forward", "synthetic_reverse", "synthetic_transfer", "average"]
     accuracy = {key: client.get_run(run_id).data.metrics for key, run_id in runs.items() if key.startswith("eval.")}
-    sft, dpo = table(text, "Table 1"), table(text, "Table 2")
+    sft, dpo = table(text, "Table 1"), table(text, "Table 3")
     for column in columns:
         assert parse(sft["base (no SFT)"][column])["mean"] == f"{100 * accuracy['eval.base'][metric(column)]:.1f}"
         for mix, label in {"forward": "forward (s1k)", "reverse": "reverse (r1k)", "mixed_half": "mixed_half (0.5k)"}.items():

@@ -63,11 +63,15 @@ def test_cli_report_writes_and_logs(whole, client):
         "sweep_objective_vs_beta.png",
     } <= logged_files
     note = client.get_run(logged.main_run_id).data.tags[tracking.TAG_NOTE]
-    assert "## Table 1: SFT by data mix" in note and "## Table 2" in note and "![" not in note
+    assert "## Table 1: SFT by data mix" in note and "## Table 3" in note and "![" not in note
     assert "## Runs used" not in note and note.endswith(f"report run `{report_run.info.run_id}`.\n")
     assert len(note) <= tracking.NOTE_MAX_CHARS
     # The paired difference is logged as metrics too.
     assert tracking.metric_report_paired("synthetic_forward", "diff") in report_run.data.metrics
+    # The paper's numbering: the DPO table is its Table 3; Table 2 (teachers) is not run, and says so.
+    assert "## Table 3: DPO on the SFT models" in text and "## Table 2" not in text
+    missing = section(text, "Missing")
+    assert "No run of this study is missing." in missing and "Not run by this study: Table 2 (SFT on D_s1k with Gemini" in missing
 
 
 def test_every_table_number_is_the_logged_metric(whole):
@@ -91,7 +95,7 @@ def test_every_table_number_is_the_logged_metric(whole):
             mean, sd = pct(logged.metrics[f"eval.sft.{mix}.seed{s}"][metric(column)] for s in seeds)
             assert (got["mean"], got["sd"], got["paper"]) == (mean, sd, None), (mix, column)
             checked += 1
-    dpo = table(text, "Table 2")
+    dpo = table(text, "Table 3")
     for on in ("forward", "reverse", "mixed"):
         for column in columns:
             got = parse(dpo[f"DPO on {on} ({ {'forward': 's1k', 'reverse': 'r1k', 'mixed': 'D'}[on] })"][column])
@@ -161,11 +165,12 @@ def test_missing_keys_render_as_missing(tmp_path, client):
     assert forward["mean"] == f"{100 * logged.metrics['eval.sft.forward.seed0'][metric('average')]:.1f}"
     assert forward["sd"] is None  # one seed: no spread
     assert all(
-        parse(c)["mean"] == "missing" for row in table(text, "Table 2").values() for k, c in row.items() if k != "seeds"
+        parse(c)["mean"] == "missing" for row in table(text, "Table 3").values() for k, c in row.items() if k != "seeds"
     )
     missing = section(text, "Missing")
     for key in ("- eval.sft.mixed_half.seed0", "- dpo.direct.seed0", "- probe.mixed", "- sweep"):
         assert key in missing
+    assert "No run of this study is missing." not in missing and "Not run by this study: Table 2" in missing
     assert "Probe runs missing" in text and "Sweep run missing." in text and "No champion recorded." in text
     assert "with one seed the spread is unmeasured" in text
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -182,7 +187,7 @@ def test_paper_preset_sets_published_numbers_beside_cells(tmp_path):
     assert parse(sft["forward (s1k)"]["aime24"])["paper"] == "16.7"
     assert parse(sft["mixed (D)"]["average"])["paper"] == "31.5"
     assert parse(sft["base (no SFT)"]["gpqa"])["paper"] is None
-    dpo = parse(table(text, "Table 2")["DPO on mixed (D)"]["average"])
+    dpo = parse(table(text, "Table 3")["DPO on mixed (D)"]["average"])
     assert (dpo["paper"], dpo["paper_change"]) == ("38.6", "+7.1")
     direct = table(text, "Table 4")["direct DPO (no SFT)"]
     assert parse(direct["gpqa"])["paper"] == "34.6" and parse(direct["math500"])["paper"] == "59"

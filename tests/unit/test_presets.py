@@ -26,6 +26,14 @@ def test_model_and_data(preset):
 
 
 @pytest.mark.parametrize("preset", PAPER)
+def test_teacher_is_r1_by_name(preset):
+    """PROTOCOL §1: the reverses come from DeepSeek-R1; an alias (deepseek-reasoner) may serve another model."""
+    i = load_config(preset).invert
+    assert i.teacher == i.expected_teacher_model == "deepseek-ai/DeepSeek-R1"
+    assert i.base_url == ""  # no default endpoint serves R1 under that name: the user names one
+
+
+@pytest.mark.parametrize("preset", PAPER)
 def test_sft_section_2(preset):
     cfg = load_config(preset)
     assert (cfg.lora.r, cfg.lora.alpha) == (256, 512)

@@ -71,3 +71,14 @@ def test_dpo_arguments_hold_a42(tmp_path):
     assert d.lr_scheduler_type == transformers.SchedulerType.COSINE
     assert (d.per_device_train_batch_size, d.gradient_accumulation_steps, d.max_length) == (1, 4, 20000)
     assert d.bf16 is True
+
+
+def test_deepspeed_only_with_several_processes_on_gpus(monkeypatch):
+    from reverse_align.train.common import device_training_args, uses_deepspeed
+
+    zero3 = "configs/deepspeed/zero3.json"
+    assert not uses_deepspeed(4, zero3)  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert uses_deepspeed(4, zero3) and not uses_deepspeed(1, zero3) and not uses_deepspeed(4, "")
+    assert device_training_args(4, zero3, False)["deepspeed"].endswith(zero3)
+    assert "deepspeed" not in device_training_args(1, zero3, False)
