@@ -70,20 +70,25 @@ def find_finished(
     return runs[0].info.run_id if runs else None
 
 
+def _count_or_list(text: str, flag: str, default_count: int, first: int, items: str, item: str) -> list[int]:
+    """``N`` -> N values from ``first`` on; ``a,b,c`` -> those values; empty -> ``default_count`` of them."""
+    given = str(text).strip()
+    try:
+        if "," in given:
+            values = [int(s) for s in given.split(",") if s.strip()]
+        else:
+            count = int(given) if given else default_count
+            values = list(range(first, first + count))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give a count (3) or a comma-separated list of {items} (0,1,2)") from None
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise UserError(f"{flag} {text!r}: need at least one {item}, no repeats, none negative")
+    return values
+
+
 def parse_seeds(seeds: str, cfg: Config) -> list[int]:
     """``N`` -> N seeds from sft.seed on; ``a,b,c`` -> those seeds; empty -> main.seeds of the preset."""
-    text = str(seeds).strip()
-    try:
-        if "," in text:
-            values = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            count = int(text) if text else cfg.main.seeds
-            values = list(range(cfg.sft.seed, cfg.sft.seed + count))
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r}: give a count (3) or a comma-separated list of seeds (0,1,2)") from None
-    if not values or len(set(values)) != len(values) or min(values) < 0:
-        raise UserError(f"--seeds {seeds!r}: need at least one seed, no repeats, none negative")
-    return values
+    return _count_or_list(seeds, "--seeds", cfg.main.seeds, cfg.sft.seed, "seeds", "seed")
 
 
 def seeded(cfg: Config, seed: int) -> Config:
@@ -93,17 +98,7 @@ def seeded(cfg: Config, seed: int) -> Config:
 
 def parse_bases(bases: str, cfg: Config) -> list[int]:
     """``N`` -> N base models from pretrain.seed on; ``a,b,c`` -> those pretrain seeds; empty -> main.bases."""
-    text = str(bases).strip()
-    try:
-        if "," in text:
-            values = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            count = int(text) if text else cfg.main.bases
-            values = list(range(cfg.pretrain.seed, cfg.pretrain.seed + count))
-    except ValueError:
-        raise UserError(f"--bases {bases!r}: give a count (3) or a comma-separated list of pretrain seeds (0,1,2)") from None
-    if not values or len(set(values)) != len(values) or min(values) < 0:
-        raise UserError(f"--bases {bases!r}: need at least one base, no repeats, none negative")
+    values = _count_or_list(bases, "--bases", cfg.main.bases, cfg.pretrain.seed, "pretrain seeds", "base")
     if len(values) > 1 and cfg.model.name != TINY_BASE:
         raise UserError(
             f"--bases {bases!r}: only tiny presets pretrain their base model; preset {cfg.preset} starts from "
