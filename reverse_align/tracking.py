@@ -239,6 +239,10 @@ TAG_INVERT_TEACHER_MISMATCH = "reverse_align.invert.teacher_mismatch"
 PARAM_EVAL_FORMAT = "eval.format"
 PARAM_EVAL_TASK_SHA = "eval.task_sha"
 PARAM_EVAL_DATA_SHA = "eval.data_sha"
+# The decoding an evaluate run used, on either backend (reverse_align.eval.decoding.GenerationSettings):
+# eval.generation.{max_new_tokens (eval.max_new_tokens capped to the model's positions), do_sample, temperature,
+# top_p, top_k (0 = off), repetition_penalty (1 = none), model_max_positions (max_position_embeddings)}.
+PARAM_EVAL_GENERATION = "eval.generation"
 
 
 def metric_alp(phase: str, kind: str, test: str) -> str:

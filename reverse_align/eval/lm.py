@@ -15,6 +15,10 @@ decoding lm-eval's vLLM backend already uses: ``skip_special_tokens=False``); th
 vLLM backend (GPUs): lm-eval's ``vllm`` model on the adapter merged into the base. vLLM refuses
 adapters with saved modules (our ``lm_head``) and ranks above its limit, so the adapter is merged
 rather than passed as a LoRA request. Not exercised here (no GPU on the project's machines).
+
+Both backends decode as eval/decoding.py says: the HF model's ``generation_config`` is replaced by one
+holding only its token ids (the merged model for vLLM is saved with it too), and the context is
+``eval.max_prompt_tokens`` plus the capped new tokens (:class:`~reverse_align.eval.decoding.GenerationSettings`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 
 from reverse_align.config import Config
 from reverse_align.errors import UserError
+from reverse_align.eval import decoding
+from reverse_align.eval.decoding import GenerationSettings
 
 BACKENDS = ("hf", "vllm")
 
@@ -41,19 +47,25 @@ def _hflm_class():
 
 
 def load_peft_or_base(cfg: Config, base_path: str, adapter_dir: str | None):
+    """The evaluated model, decoding with no setting of the checkpoint's ``generation_config`` but its token ids."""
     from reverse_align.models import load_model
     from reverse_align.train.common import load_adapter_model
 
     model = load_adapter_model(cfg, base_path, Path(adapter_dir)) if adapter_dir else load_model(cfg, base_path)
-    return model.eval()
+    return decoding.use_clean_generation_config(model.eval())
 
 
-def build_lm(cfg: Config, base_path: str, adapter_dir: str | None, tokenizer=None):
-    """An lm-eval LM for the preset's backend, with the adapter (None: the base model alone)."""
+def build_lm(
+    cfg: Config, base_path: str, adapter_dir: str | None, tokenizer=None, settings: GenerationSettings | None = None
+):
+    """An lm-eval LM for the preset's backend, with the adapter (None: the base model alone).
+
+    ``settings``: the decoding (default :func:`reverse_align.eval.decoding.for_model` on ``base_path``)."""
     e = cfg.eval
     if e.backend not in BACKENDS:
         raise UserError(f"eval.backend {e.backend!r}: expected one of {', '.join(BACKENDS)}")
-    max_length = e.max_prompt_tokens + e.max_new_tokens
+    settings = settings or decoding.for_model(cfg, base_path)
+    max_length = e.max_prompt_tokens + settings.max_new_tokens
     if e.backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 

@@ -13,16 +13,18 @@ over them (the think marker opens the response, the answer is read after
 ``<|im_start|>answer``, as ``eval.answer_marker_required`` says); ``chat`` for
 the base model and direct DPO, which never learnt the s1 format (no think
 marker, the answer read from the whole response: graded as SFT models, every
-answer of theirs would count as truncated). Then the preset's generation settings: greedy with ``eval.max_new_tokens`` (§4), or
-``eval.samples`` answers per question at ``eval.temperature``/``eval.top_p``
-(pass@1 averaged over them). Generation is batched (``eval.batch_size``) with
-lm-eval's progress bar. Answers are graded offline (eval/grading.py) or by a
-judge model (``--judge``, eval/judge.py, cached).
+answer of theirs would count as truncated). Then the preset's generation settings, the same on both
+backends and nothing of the checkpoint's ``generation_config`` (eval/decoding.py): greedy with
+``eval.max_new_tokens`` (§4; capped to the model's positions less ``eval.max_prompt_tokens``), or
+``eval.samples`` answers per question at ``eval.temperature``/``eval.top_p`` (pass@1 averaged over them).
+Generation is batched (``eval.batch_size``) with lm-eval's progress bar. Answers are graded offline
+(eval/grading.py) or by a judge model (``--judge``, eval/judge.py, cached).
 
 Logs ``eval/<benchmark>/{accuracy,ci_low,ci_high,unparsed,truncated,questions,answers}``
 and ``eval/average``; ``eval/samples/<benchmark>.json`` (per-sample table) and
 ``eval/lm_eval_results.json``; params: the eval config, ``eval.format``, ``eval.task_sha.<benchmark>``
-(shipped task files) and ``eval.data_sha.<benchmark>`` (the questions scored);
+(shipped task files), ``eval.data_sha.<benchmark>`` (the questions scored) and ``eval.generation.<name>``
+(the decoding used: decoding.GenerationSettings);
 tags ``reverse_align.upstream.<sft|dpo>`` and ``.upstream.<invert|data>``.
 """
 
@@ -38,7 +40,8 @@ from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.errors import UserError
 from reverse_align.eval import benchmarks as bench
-from reverse_align.eval import results
+from reverse_align.eval import decoding, results
+from reverse_align.eval.decoding import GenerationSettings
 from reverse_align.eval.judge import OFFLINE, Judge
 from reverse_align.formatting import THINK_MARKER
 from reverse_align.models import require_same_base
@@ -90,17 +93,22 @@ def task_sha(name: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def generation_kwargs(cfg: Config) -> dict:
-    e = cfg.eval
-    if e.samples > 1:
-        return {"max_gen_toks": e.max_new_tokens, "do_sample": True, "temperature": e.temperature, "top_p": e.top_p}
-    return {"max_gen_toks": e.max_new_tokens, "do_sample": False}
+def run_lm_eval(
+    cfg: Config,
+    lm,
+    names: list[str],
+    docs_dir: Path,
+    fmt: AnswerFormat = S1,
+    settings: GenerationSettings | None = None,
+) -> dict:
+    """lm-eval's simple_evaluate over the shipped tasks; returns its results with the samples.
 
-
-def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path, fmt: AnswerFormat = S1) -> dict:
-    """lm-eval's simple_evaluate over the shipped tasks; returns its results with the samples."""
+    ``settings``: the decoding (eval/decoding.py; default: the preset's on the HF model's config)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
+
+    if settings is None:
+        settings = decoding.settings(cfg, getattr(getattr(lm, "model", None), "config", None))
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"docs_dir": str(docs_dir)})
     tasks = manager.load(names)["tasks"]
@@ -112,7 +120,7 @@ def run_lm_eval(cfg: Config, lm, names: list[str], docs_dir: Path, fmt: AnswerFo
         tasks=[tasks[n] for n in names],
         task_manager=manager,
         apply_chat_template=True,
-        gen_kwargs=generation_kwargs(cfg),
+        gen_kwargs=decoding.gen_kwargs(cfg.eval.backend, settings),
         log_samples=True,
         bootstrap_iters=0,  # intervals are ours (eval/intervals.py), per question
         random_seed=cfg.data.seed,
@@ -178,8 +186,10 @@ def _evaluate(
         adapter_dir = (
             tracking.download_artifact(run_id, tracking.ARTIFACT_ADAPTER, str(docs_dir / "adapter")) if run_id else None
         )
-        lm = build_lm(cfg, base_path, adapter_dir)
-        output = run_lm_eval(cfg, lm, names, docs_dir, fmt)
+        settings = decoding.for_model(cfg, base_path)
+        mlflow.log_params(settings.params())
+        lm = build_lm(cfg, base_path, adapter_dir, settings=settings)
+        output = run_lm_eval(cfg, lm, names, docs_dir, fmt, settings)
         rows, metrics = {}, {}
         for name in names:
             rows[name] = results.sample_rows(name, output["samples"][name])

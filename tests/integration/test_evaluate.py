@@ -8,7 +8,6 @@ one-line failures, and that a judged rerun sends no request.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
@@ -112,6 +111,10 @@ def test_aime_math_gpqa_end_to_end_on_local_files(micro_base, local_sources, cli
     metrics = run.data.metrics
     # Plain chat, the answer read from the whole response: no answer of the base counts as truncated.
     assert run.data.params[tracking.PARAM_EVAL_FORMAT] == "chat"
+    sampling = {k: run.data.params[f"{tracking.PARAM_EVAL_GENERATION}.{k}"] for k in
+                ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")}  # fmt: skip
+    assert sampling == {"do_sample": "True", "temperature": "1.0", "top_p": str(cfg.eval.top_p), "top_k": "0",
+                        "repetition_penalty": "1.0"}  # fmt: skip
     for name in ("aime24", "math500", "gpqa"):
         assert metrics[tracking.metric_eval(name, "truncated")] == 0
         assert metrics[tracking.metric_eval(name, "questions")] == 2
@@ -229,9 +232,7 @@ def test_base_and_direct_dpo_are_prompted_and_graded_in_plain_chat(micro_base, m
 
     cfg = micro("eval.max_new_tokens=4")
     experiment = client.create_experiment("eval-formats")
-    direct, continued = (
-        client.create_run(experiment, tags={tracking.TAG_STAGE: "dpo"}) for _ in range(2)
-    )
+    direct, continued = (client.create_run(experiment, tags={tracking.TAG_STAGE: "dpo"}) for _ in range(2))
     client.log_param(direct.info.run_id, "dpo.reference", "base")
     client.log_param(continued.info.run_id, "dpo.reference", "sft")
     formats = {
@@ -269,3 +270,66 @@ def test_base_and_direct_dpo_are_prompted_and_graded_in_plain_chat(micro_base, m
         [{"role": "user", "content": record.question}], tokenize=False, add_generation_prompt=True
     )
     assert sample["arguments"][0][0] == chat and not chat.endswith(THINK_MARKER)
+
+
+def test_the_checkpoints_generation_config_does_not_leak_into_greedy_answers(micro_base, tmp_path):
+    """A base whose generation_config.json holds chat defaults answers exactly as the same weights without them."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from reverse_align.data import synthetic
+    from reverse_align.eval import benchmarks, decoding
+    from reverse_align.eval.lm import build_lm
+    from reverse_align.eval.stage import run_lm_eval
+    from reverse_align.models import resolve_base_model
+
+    cfg = micro("eval.max_new_tokens=16")
+    clean_path = resolve_base_model(cfg)
+    dirty_path = tmp_path / "dirty-base"
+    shutil.copytree(clean_path, dirty_path)
+    ids = GenerationConfig.from_pretrained(clean_path).to_diff_dict()
+    ids = {k: ids[k] for k in decoding.TOKEN_ID_FIELDS if ids.get(k) is not None}
+    # Qwen2.5-7B-Instruct's chat defaults, and a rule no greedy answer of a small vocabulary survives.
+    chat_defaults = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    GenerationConfig(**ids, **chat_defaults, no_repeat_ngram_size=1).save_pretrained(dirty_path)
+    records = synthetic.make_world(cfg.synthetic, cfg.data.seed).records("test", "forward")[:3]
+    benchmarks.write_docs(
+        [benchmarks._doc(r.id, r.question, r.gold, "integer", cfg.eval) for r in records],
+        tmp_path / "synthetic_forward.jsonl",
+    )
+
+    def responses(path, undo_cleaning: bool = False) -> list[str]:
+        lm = build_lm(cfg, str(path), None)
+        if undo_cleaning:  # what HFLM would decode with had build_lm kept the checkpoint's config
+            lm.model.generation_config = GenerationConfig.from_pretrained(path)
+        samples = run_lm_eval(cfg, lm, ["synthetic_forward"], tmp_path)["samples"]["synthetic_forward"]
+        return [s["resps"][0][0] for s in sorted(samples, key=lambda s: s["doc_id"])]
+
+    clean = responses(clean_path)
+    assert responses(dirty_path) == clean
+    assert responses(dirty_path, undo_cleaning=True) != clean  # the settings change answers: the test can fail
+
+
+def test_generation_settings_are_logged_and_new_tokens_capped_to_the_models_positions(
+    micro_base, micro_data, client, capsys
+):
+    from reverse_align.models import load_tokenizer
+
+    positions = load_config("micro").pretrain.max_position_embeddings  # the micro base's config
+    cfg = micro("eval.limit=2", "eval.benchmarks=synthetic_forward", f"eval.max_prompt_tokens={positions - 10}")
+    run_id = run_evaluate(cfg, data_run_id=micro_data)
+    err = capsys.readouterr().err
+    assert err.count("warning: eval.max_prompt_tokens") == 1 and "capped at 10 new tokens" in err
+    params = client.get_run(run_id).data.params
+    prefix = tracking.PARAM_EVAL_GENERATION
+    assert {k: v for k, v in params.items() if k.startswith(prefix + ".")} == {
+        f"{prefix}.max_new_tokens": "10", f"{prefix}.do_sample": "False", f"{prefix}.temperature": "0.0",
+        f"{prefix}.top_p": "1.0", f"{prefix}.top_k": "0", f"{prefix}.repetition_penalty": "1.0",
+        f"{prefix}.model_max_positions": str(positions),
+    }  # fmt: skip
+    assert params["eval.max_new_tokens"] == "24"  # the preset's number stays as configured
+    table = artifact_json(client, run_id, f"{tracking.ARTIFACT_EVAL_SAMPLES}/synthetic_forward.json")
+    responses = [row[table["columns"].index("response")] for row in table["data"]]
+    tokenizer = load_tokenizer(cfg)
+    assert max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) <= 10
