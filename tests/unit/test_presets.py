@@ -1,4 +1,5 @@
-"""The paper-* presets hold every number of PROTOCOL.md sections 2-4."""
+"""The paper-* presets hold every number of PROTOCOL.md sections 2-4, but the README's "Deviations from the paper"
+(the DPO learning rate on a LoRA: test_dpo_section_3)."""
 
 import pytest
 
@@ -64,7 +65,11 @@ def test_gpus_per_size():
 def test_dpo_section_3(preset):
     d = load_config(preset).dpo
     assert d.beta == pytest.approx(0.6)
-    assert d.learning_rate == pytest.approx(5e-7)
+    # A deliberate deviation from A.4.2 (README "Deviations from the paper"): A.4.2's 5e-7 is the released
+    # script's rate for *full* fine-tuning (its LoRA flags were ignored, PROTOCOL §7), and a LoRA at 5e-7 gets
+    # 0.17x full FT's DPO reward margin. 3e-6 is the LoRA rate that matches it (bench/dpo_lora_lr.py: 2.7e-6
+    # continuing an SFT adapter, 4.5e-6 direct), rounded. Not 5e-7.
+    assert d.learning_rate == pytest.approx(3e-6)
     assert d.lr_scheduler == "cosine"
     assert d.max_steps == 200
     assert (d.per_device_batch_size, d.gradient_accumulation_steps) == (1, 4)
