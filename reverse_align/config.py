@@ -217,7 +217,8 @@ class DPOConfig:
     # Deviates from A.4.2's 5e-7 (README "Deviations from the paper"): 5e-7 is the released script's rate for
     # *full* fine-tuning (PROTOCOL §7: its LoRA flags were ignored); our DPO trains a LoRA, which moves ~0.17x as
     # far at 5e-7. 3e-6 is the LoRA rate whose DPO reward margin matches full FT's at 5e-7 after A.4.2's
-    # schedule (`python bench/dpo_lora_lr.py`: 2.7e-6 continuing an SFT adapter, 4.5e-6 direct; rounded).
+    # schedule (`bench/dpo_lora_lr.py --rates 5e-7,1e-6,2e-6,3e-6,5e-6`: 2.6e-6 continuing an SFT adapter, 4.4e-6
+    # direct; at 3e-6 1.12x and 0.65x full FT's margin).
     learning_rate: float = 3e-6
     lr_scheduler: str = "cosine"
     max_steps: int = 200

@@ -67,8 +67,8 @@ def test_dpo_section_3(preset):
     assert d.beta == pytest.approx(0.6)
     # A deliberate deviation from A.4.2 (README "Deviations from the paper"): A.4.2's 5e-7 is the released
     # script's rate for *full* fine-tuning (its LoRA flags were ignored, PROTOCOL §7), and a LoRA at 5e-7 gets
-    # 0.17x full FT's DPO reward margin. 3e-6 is the LoRA rate that matches it (bench/dpo_lora_lr.py: 2.7e-6
-    # continuing an SFT adapter, 4.5e-6 direct), rounded. Not 5e-7.
+    # 0.17x full FT's DPO reward margin. 3e-6 is the LoRA rate that matches it (bench/dpo_lora_lr.py: 2.6e-6
+    # continuing an SFT adapter, 4.4e-6 direct), rounded. Not 5e-7.
     assert d.learning_rate == pytest.approx(3e-6)
     assert d.lr_scheduler == "cosine"
     assert d.max_steps == 200
