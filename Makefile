@@ -41,7 +41,7 @@ lock:
 	test -x $(LOCK_VENV)/bin/uv || ($(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION))
 	echo '$(TORCH_PIN)' > $(LOCK_VENV)/torch-pin.txt
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
-		--find-links $(TORCH_WHEELS) -c $(LOCK_VENV)/torch-pin.txt --custom-compile-command 'make lock' \
+		--find-links $(TORCH_WHEELS) -c $(LOCK_VENV)/torch-pin.txt --custom-compile-command 'make lock' --no-strip-extras \
 		--quiet $(UPGRADE) -o requirements-lock.txt
 
 test: setup
