@@ -374,17 +374,11 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
         for t in trials
     ]  # fmt: skip
     summary = {"complete": len(complete), "trials": len(trials)}
-    if complete:
-        scores = [sweep_stats.trial_score(t, PARAM) for t in complete]
-        best_score = max(scores, key=lambda t: t.value)
-        comparisons, untested = sweep_stats.compare_best(best_score, scores)
-        against = {c.number: c for c in comparisons}
-        for row, t in zip(rows, trials):  # the trial's interval; the best's wins and losses against it, p
-            for key in sweep_stats.TABLE_ATTRS:
-                row[key] = t.user_attrs.get(key, "")
-            c = against.get(t.number)
-            row.update(best_wins=c.wins if c else "", best_losses=c.losses if c else "", p_vs_best=c.p if c else "")
-        summary["verdict"] = sweep_stats.verdict(best_score, comparisons, untested)
+    separation = sweep_stats.separation(complete, PARAM)  # is the best beyond binomial noise?
+    if separation is not None:
+        for row, t in zip(rows, trials):
+            row.update(separation.table_columns(t))
+        summary["verdict"] = separation.text()
     with tempfile.TemporaryDirectory() as tmp:
         import csv
 
@@ -395,8 +389,8 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
             writer.writerows(rows)
         client.log_artifact(parent_id, str(table), tracking.ARTIFACT_SWEEP_DIR)
         if complete:
-            close = [c.beta for c in sweep_stats.not_separated(comparisons)] if comparisons else None
-            figures = sweep_plots.draw(study, PARAM, cfg.sweep.objective, Path(tmp), close, len(comparisons))
+            close, compared = separation.close, len(separation.comparisons)
+            figures = sweep_plots.draw(study, PARAM, cfg.sweep.objective, Path(tmp), close, compared)
             for figure in figures:
                 client.log_artifact(parent_id, str(figure), tracking.ARTIFACT_FIGURES)
     if complete:
@@ -405,15 +399,7 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
         client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_VALUE, best.value)
         client.set_tag(parent_id, tracking.TAG_SWEEP_BEST_RUN, best.user_attrs.get("dpo_run_id", ""))
         summary.update(best_beta=best.params[PARAM], best_value=best.value, best_run_id=best.user_attrs.get("dpo_run_id"))
-        if best_score.number == best.number and best_score.questions:
-            low, high = best_score.interval
-            client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_N, best_score.n)
-            client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_CI_LOW, low)
-            client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_CI_HIGH, high)
-            close = sweep_stats.not_separated(comparisons)
-            separated = bool(comparisons) and not close and not untested
-            client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_SEPARATED, float(separated))
-            client.set_tag(parent_id, tracking.TAG_SWEEP_NOT_SEPARATED, ",".join(f"{c.beta:g}" for c in close))
+        separation.log(client, parent_id)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         client.log_metric(parent_id, tracking.metric_sweep_trials(state.lower()), sum(t.state.name == state for t in trials))
     return summary

@@ -145,3 +145,59 @@ def trial_score(trial, param: str) -> TrialScore:
     """A completed Optuna trial as a TrialScore (trials from before per-question records: none)."""
     questions = trial.user_attrs.get(ATTR_QUESTIONS) or {}
     return TrialScore(trial.number, trial.params[param], trial.value, {str(k): float(v) for k, v in questions.items()})
+
+
+@dataclass(frozen=True)
+class Separation:
+    """The best completed trial against the others: what the sweep's parent run, table and figure show."""
+
+    best: TrialScore
+    comparisons: list[Comparison]
+    untested: list[TrialScore]
+
+    @property
+    def close(self) -> list[float]:
+        """The betas the best is not separated from."""
+        return [c.beta for c in not_separated(self.comparisons)]
+
+    @property
+    def separated(self) -> bool:
+        """Separated from every other completed trial (at least one), none left untested."""
+        return bool(self.comparisons) and not self.close and not self.untested
+
+    def text(self) -> str:
+        return verdict(self.best, self.comparisons, self.untested)
+
+    def table_columns(self, trial) -> dict:
+        """sweep/trials.csv's columns for one trial: its interval; the best's wins, losses and p against it."""
+        row = {key: trial.user_attrs.get(key, "") for key in TABLE_ATTRS}
+        c = next((c for c in self.comparisons if c.number == trial.number), None)
+        row.update(best_wins=c.wins if c else "", best_losses=c.losses if c else "", p_vs_best=c.p if c else "")
+        return row
+
+    def log(self, client, run_id: str) -> None:
+        """The best's n and interval, whether it is separated, and the betas it is not (when it has a record)."""
+        from reverse_align import tracking
+
+        if not self.best.questions:
+            return
+        low, high = self.best.interval
+        for name, value in (
+            (tracking.METRIC_SWEEP_BEST_N, self.best.n),
+            (tracking.METRIC_SWEEP_BEST_CI_LOW, low),
+            (tracking.METRIC_SWEEP_BEST_CI_HIGH, high),
+            (tracking.METRIC_SWEEP_BEST_SEPARATED, float(self.separated)),
+        ):
+            client.log_metric(run_id, name, value)
+        client.set_tag(run_id, tracking.TAG_SWEEP_NOT_SEPARATED, ",".join(f"{b:g}" for b in self.close))
+
+
+def separation(complete: list, param: str) -> Separation | None:
+    """The best of the COMPLETE Optuna trials ``complete`` (the first of equals, as ``max`` picks) against each
+    other one; None when there is none."""
+    if not complete:
+        return None
+    scores = [trial_score(t, param) for t in complete]
+    best = max(scores, key=lambda t: t.value)
+    comparisons, untested = compare_best(best, scores)
+    return Separation(best, comparisons, untested)

@@ -145,3 +145,46 @@ def test_figure_draws_error_bars(tmp_path):
     assert x == [0.2, 0.4, 0.6, 0.8] and y == [0.35, 0.38, 0.41, 0.36]
     low, high = wilson(76, 200)
     assert below[1] == pytest.approx(0.38 - low) and above[1] == pytest.approx(high - 0.38)
+
+
+class _Client:
+    """Records what Separation.log writes to the parent run."""
+
+    def __init__(self):
+        self.metrics, self.tags = {}, {}
+
+    def log_metric(self, run_id, name, value):
+        self.metrics[name] = value
+
+    def set_tag(self, run_id, name, value):
+        self.tags[name] = value
+
+
+def test_separation_of_a_study_logs_table_columns_metrics_and_tag():
+    from reverse_align import tracking
+
+    study = _study_with_trials({0.2: (0.35, 200), 0.4: (0.38, 200), 0.6: (0.41, 200), 0.8: (0.30, 200)})
+    found = sweep_stats.separation(study.trials, "beta")
+    # Nested answers (trial k right on the first 200 * value questions): the best wins every discordant one.
+    assert [(c.beta, c.wins, c.losses) for c in found.comparisons] == [(0.2, 12, 0), (0.4, 6, 0), (0.8, 22, 0)]
+    assert found.close == [] and found.separated  # 6-0: p 0.031
+    row = found.table_columns(study.trials[1])
+    assert row == {"n": 200, "correct": 76, "ci_low": wilson(76, 200)[0], "ci_high": wilson(76, 200)[1],
+                   "best_wins": 6, "best_losses": 0, "p_vs_best": pytest.approx(2 / 64)}  # fmt: skip
+    assert found.table_columns(study.trials[2])["p_vs_best"] == ""  # the best itself
+    client = _Client()
+    found.log(client, "parent")
+    assert client.metrics == {
+        tracking.METRIC_SWEEP_BEST_N: 200,
+        tracking.METRIC_SWEEP_BEST_CI_LOW: wilson(82, 200)[0],
+        tracking.METRIC_SWEEP_BEST_CI_HIGH: wilson(82, 200)[1],
+        tracking.METRIC_SWEEP_BEST_SEPARATED: 1.0,
+    }
+    assert client.tags == {tracking.TAG_SWEEP_NOT_SEPARATED: ""}
+    # One trial alone is not "separated" from anything; no trial: nothing to say.
+    alone = sweep_stats.separation(study.trials[2:3], "beta")
+    alone.log(client, "parent")
+    assert client.metrics[tracking.METRIC_SWEEP_BEST_SEPARATED] == 0.0 and alone.text().endswith(
+        "no other trial to compare with"
+    )
+    assert sweep_stats.separation([], "beta") is None
