@@ -21,7 +21,10 @@ only the trials still missing. ``n_trials`` counts COMPLETED trials.
 
 The parent run holds metrics ``sweep/best_beta``, ``sweep/best_value``, tag
 ``reverse_align.sweep.best_run_id``, ``sweep/trials.csv`` and
-``figures/sweep_objective_vs_beta.png``, ``figures/sweep_history.png``.
+``figures/sweep_objective_vs_beta.png``, ``figures/sweep_history.png``; and whether the best is
+separated from the other trials beyond binomial noise (reverse_align/sweep_stats.py): the best trial's
+Wilson interval ``sweep/best_ci_low``/``_high`` on ``sweep/best_n`` questions, ``sweep/best_separated``
+and tag ``reverse_align.sweep.not_separated`` (the betas it is not separated from).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 from reverse_align import launcher as launchers
 from reverse_align import tracking
 from reverse_align.config import Config
+from reverse_align.environment import lock_sha256
 from reverse_align.errors import UserError
 from reverse_align.sweep_objective import (
     PARAM,
@@ -191,8 +195,11 @@ def make_objective(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: st
                 os.environ[tracking.ENV_PARENT_RUN_ID] = outer
             _tag_trial_run(trial, name, before)
         final = reporter.scored.get(trial_cfg.dpo.max_steps) if reporter else None  # last checkpoint = final adapter
-        value = objective_value(trial_cfg, cfg.sweep.objective, dpo_run_id, data_run_id, scored=final)
-        print(f"[sweep] trial {trial.number}: beta {beta:g} -> {cfg.sweep.objective} {value:.4f} (dpo run {dpo_run_id})")
+        value = objective_value(trial_cfg, cfg.sweep.objective, dpo_run_id, data_run_id, scored=final, trial=trial)
+        attrs = trial.user_attrs
+        ci = f" [{attrs['ci_low']:.3f}, {attrs['ci_high']:.3f}], n {attrs['n']}" if "n" in attrs else ""
+        scored = f"{cfg.sweep.objective} {value:.4f}{ci}"
+        print(f"[sweep] trial {trial.number}: beta {beta:g} -> {scored} (dpo run {dpo_run_id})")
         return value
 
     return objective
@@ -324,6 +331,7 @@ def parent_run(cfg: Config, study, sft_run_id: str, data_run_id: str) -> str:
         tracking.tag_upstream("invert"): data_run_id,
         tracking.TAG_SWEEP_STUDY: study.study_name,
         tracking.TAG_RUN_NAME: f"sweep-beta-{on}",
+        tracking.TAG_ENV_LOCK_SHA: lock_sha256(),
     }
     tags.update({tracking.tag_upstream(k): v for k, v in tracking.base_model_upstream(cfg, STAGE).items()})
     if sft_run_id:
@@ -351,7 +359,7 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
     import mlflow
     from optuna.trial import TrialState
 
-    from reverse_align import sweep_plots
+    from reverse_align import sweep_plots, sweep_stats
 
     client = mlflow.MlflowClient(tracking.tracking_uri())
     trials = study.get_trials(deepcopy=False)
@@ -366,6 +374,11 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
         for t in trials
     ]  # fmt: skip
     summary = {"complete": len(complete), "trials": len(trials)}
+    separation = sweep_stats.separation(complete, PARAM)  # is the best beyond binomial noise?
+    if separation is not None:
+        for row, t in zip(rows, trials):
+            row.update(separation.table_columns(t))
+        summary["verdict"] = separation.text()
     with tempfile.TemporaryDirectory() as tmp:
         import csv
 
@@ -376,7 +389,8 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
             writer.writerows(rows)
         client.log_artifact(parent_id, str(table), tracking.ARTIFACT_SWEEP_DIR)
         if complete:
-            figures = sweep_plots.draw(study, PARAM, cfg.sweep.objective, Path(tmp))
+            close, compared = separation.close, len(separation.comparisons)
+            figures = sweep_plots.draw(study, PARAM, cfg.sweep.objective, Path(tmp), close, compared)
             for figure in figures:
                 client.log_artifact(parent_id, str(figure), tracking.ARTIFACT_FIGURES)
     if complete:
@@ -385,6 +399,7 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
         client.log_metric(parent_id, tracking.METRIC_SWEEP_BEST_VALUE, best.value)
         client.set_tag(parent_id, tracking.TAG_SWEEP_BEST_RUN, best.user_attrs.get("dpo_run_id", ""))
         summary.update(best_beta=best.params[PARAM], best_value=best.value, best_run_id=best.user_attrs.get("dpo_run_id"))
+        separation.log(client, parent_id)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         client.log_metric(parent_id, tracking.metric_sweep_trials(state.lower()), sum(t.state.name == state for t in trials))
     return summary
@@ -442,6 +457,8 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     added = sum(after.values()) - sum(before.values())
     best = f"best beta {summary['best_beta']:g} ({cfg.sweep.objective} {summary['best_value']:.4f}, dpo run {summary['best_run_id']})" if "best_beta" in summary else "no completed trial"
     print(f"[sweep] {summary['complete']} completed of {summary['trials']} trials ({added} new); {best}; parent run {parent_id}")
+    if "verdict" in summary:
+        print(f"[sweep] {summary['verdict']}")
     return parent_id
 
 

@@ -1,4 +1,4 @@
-"""The sweep's two figures: objective against beta, and the optimization history."""
+"""The sweep's two figures: objective against beta (with each trial's 95% interval), and the optimization history."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ OBJECTIVE_VS_BETA = "sweep_objective_vs_beta.png"
 HISTORY = "sweep_history.png"
 
 
-def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
+def draw(
+    study, param: str, objective: str, out_dir: Path, close: list[float] | None = None, compared: int = 0
+) -> list[Path]:
+    """``close``: the betas the best is not separated from, of ``compared`` (sweep_stats); None: not tested."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,6 +25,21 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([t.params[param] for t in complete], [t.value for t in complete], label="completed", zorder=3)
+    with_ci = [t for t in complete if "ci_low" in t.user_attrs and "ci_high" in t.user_attrs]
+    if with_ci:  # Wilson 95% intervals (reverse_align/sweep_stats.py); trials from before them have none
+        ax.errorbar(
+            [t.params[param] for t in with_ci],
+            [t.value for t in with_ci],
+            yerr=[
+                [max(0.0, t.value - t.user_attrs["ci_low"]) for t in with_ci],
+                [max(0.0, t.user_attrs["ci_high"] - t.value) for t in with_ci],
+            ],
+            fmt="none",
+            ecolor="tab:blue",
+            alpha=0.6,
+            capsize=3,
+            label=f"95% interval (n {with_ci[0].user_attrs.get('n', '?')})",
+        )
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.params[param] for t in pruned], last, marker="x", color="grey", label="pruned (last checkpoint)")
@@ -33,8 +51,20 @@ def draw(study, param: str, objective: str, out_dir: Path) -> list[Path]:
         edgecolors="red",
         label=f"best {param}={best.params[param]:g}",
     )
+    if close:
+        near = [t for t in complete if t.params[param] in close]
+        ax.scatter(
+            [t.params[param] for t in near],
+            [t.value for t in near],
+            s=110,
+            facecolors="none",
+            edgecolors="orange",
+            label="not separated from best",
+        )
     n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
     title = f"{objective} against DPO {param}: {len(complete)} completed, {n_pruned} pruned trials"
+    if close is not None and compared:
+        title += f"\nbest {param} {best.params[param]:g} not separated from {len(close)} of {compared} others (exact McNemar, p<0.05)"
     # The study name is a hash of what the sweep depends on: it tells two sweeps apart, not what this one is.
     fig.text(0.99, 0.01, f"study {study.study_name}", ha="right", va="bottom", fontsize=6, color="grey")
     first = _finish(plt, fig, ax, f"DPO {param}", objective, title, out_dir / OBJECTIVE_VS_BETA)

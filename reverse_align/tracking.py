@@ -43,6 +43,9 @@ TAG_LENGTH_RULE = "reverse_align.length_rule"
 # the tiny base, pretrained from scratch, amplifies the rounding (forward SFT 37% on one kind, 89% on another,
 # 12% on the first with torch's AVX2 kernels; same commit and seeds).
 TAG_HARDWARE = "reverse_align.hardware"
+# sha256 of requirements-lock.txt, the exact library versions `make setup` installs (reverse_align/environment.py);
+# "none" when the checkout has no lock file. Set by stage_run and on the sweep's parent run.
+TAG_ENV_LOCK_SHA = "reverse_align.env.lock_sha256"
 # MLflow's own run-name tag (what the UI lists): set by stage_run from tracking.run_name.
 TAG_RUN_NAME = "mlflow.runName"
 # `main` sets this so each stage run shows as its child in the MLflow UI.
@@ -109,6 +112,16 @@ ARTIFACT_SWEEP_DIR = "sweep"  # sweep/trials.csv
 METRIC_SWEEP_BEST_BETA = "sweep/best_beta"
 METRIC_SWEEP_BEST_VALUE = "sweep/best_value"
 METRIC_SWEEP_OBJECTIVE = "sweep/objective"
+# How sure the best is (reverse_align/sweep_stats.py). On each trial's dpo run: sweep/trial/<n|correct|ci_low|ci_high>
+# (questions scored, their summed score, Wilson 95% interval of the objective). On the parent run: the best trial's
+# n and interval; sweep/best_separated, 1 when the exact McNemar test separates the best from every other completed
+# trial (at least one) at p < 0.05, else 0; the tag listing the betas it is not separated from ("0.5,0.7", "" when
+# none). sweep/trials.csv gives each trial's interval, the best's discordant wins/losses against it and p.
+METRIC_SWEEP_BEST_N = "sweep/best_n"
+METRIC_SWEEP_BEST_CI_LOW = "sweep/best_ci_low"
+METRIC_SWEEP_BEST_CI_HIGH = "sweep/best_ci_high"
+METRIC_SWEEP_BEST_SEPARATED = "sweep/best_separated"
+TAG_SWEEP_NOT_SEPARATED = "reverse_align.sweep.not_separated"
 
 
 # main: the study's run ids by role, re-logged by the `main` parent run as it proceeds (see reverse_align/report):
@@ -135,6 +148,11 @@ def metric_report_paired(benchmark: str, name: str) -> str:
 
 def metric_sweep_exact_match(direction: str) -> str:
     return f"sweep/exact_match/{direction}"
+
+
+def metric_sweep_trial(name: str) -> str:
+    """``sweep/trial/<n|correct|ci_low|ci_high>`` on a trial's dpo run."""
+    return f"sweep/trial/{name}"
 
 
 def metric_sweep_trials(state: str) -> str:
@@ -325,6 +343,7 @@ def stage_run(
     """
     import mlflow
 
+    from reverse_align import environment
     from reverse_align import launcher as launchers
 
     setup()
@@ -350,7 +369,7 @@ def stage_run(
         os.environ["MLFLOW_RUN_ID"] = launcher
     try:
         mlflow.set_tags({TAG_STAGE: stage, TAG_PRESET: cfg.preset, TAG_CONFIG_HASH: config_hash(cfg, stage),
-                         TAG_HARDWARE: hardware()})  # fmt: skip
+                         TAG_HARDWARE: hardware(), TAG_ENV_LOCK_SHA: environment.lock_sha256()})  # fmt: skip
         if not run_id:  # a resumed run keeps its name
             mlflow.set_tag(TAG_RUN_NAME, run_name(stage, cfg, params, upstream))
         parent = os.environ.get(ENV_PARENT_RUN_ID)

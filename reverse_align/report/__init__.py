@@ -10,5 +10,7 @@ number in ``reports/<experiment>/report.md`` is read from those runs' logged met
 - tables.py   Table 1, DPO, direct DPO, wall times, champion, runs: markdown from metrics
 - summary.py  the three opening sentences, from the same numbers
 - assets.py   Figure 2 from the probe runs' metrics, the sweep's figure, MLflow UI screenshots
-- stage.py    run_report: writes report.md and its PNGs, logs them to a `report` run
+- stage.py    run_report: writes report.md and its PNGs, logs them to a `report` run; the sweep line (best
+              beta, its interval, the betas it is not separated from) and the Environment section
+              (library versions, torch's CPU kernel path, the lock's sha256; reverse_align/environment.py)
 """

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from reverse_align import tracking
+from reverse_align import environment, sweep_stats, tracking
 from reverse_align.config import Config, preset_path
 from reverse_align.errors import UserError
 from reverse_align.report import assets, paper, summary, tables
@@ -66,6 +66,67 @@ def paired_results(study: Study, benchmarks: list[str], resamples: int, seed: in
     return results
 
 
+def sweep_line(study: Study) -> str:
+    """The best beta with its 95% interval, and the betas it is not separated from (reverse_align/sweep_stats.py)."""
+    run = study.run("sweep")
+    if run is None:
+        return "Sweep run missing."
+    metrics, tags = run.data.metrics, run.data.tags
+    best_beta = metrics.get(tracking.METRIC_SWEEP_BEST_BETA)
+    best_value = metrics.get(tracking.METRIC_SWEEP_BEST_VALUE)
+    if best_beta is None or best_value is None:
+        return f"Sweep run `{study.keys['sweep']}` has no best beta logged."
+    objective = run.data.params.get("sweep.objective", "objective")
+    low, high = metrics.get(tracking.METRIC_SWEEP_BEST_CI_LOW), metrics.get(tracking.METRIC_SWEEP_BEST_CI_HIGH)
+    if low is None or high is None or tracking.TAG_SWEEP_NOT_SEPARATED not in tags:
+        return (
+            f"Sweep run `{study.keys['sweep']}`: best beta {best_beta:g}, {objective} {best_value:.4g} "
+            "(no interval recorded: a sweep from before per-question records)."
+        )
+    n = int(metrics.get(tracking.METRIC_SWEEP_BEST_N, 0))
+    close = [b for b in tags[tracking.TAG_SWEEP_NOT_SEPARATED].split(",") if b]
+    if close:
+        verdict = f"not separated from betas {', '.join(close)} at p<{sweep_stats.ALPHA:g}"
+    elif metrics.get(tracking.METRIC_SWEEP_BEST_SEPARATED) == 1:
+        verdict = f"separated from every other beta at p<{sweep_stats.ALPHA:g}"
+    else:
+        verdict = "no other trial to compare with"
+    return (
+        f"Sweep run `{study.keys['sweep']}`: best beta {best_beta:g} ({objective} {best_value:.4g} "
+        f"[{low:.3f}, {high:.3f}], n {n}); {verdict} (exact McNemar test of the best against each other trial on "
+        "the same questions; the interval: Wilson 95%). `sweep/trials.csv` of the run has every trial's interval "
+        "and p."
+    )
+
+
+def environment_text(study: Study) -> str:
+    """The library versions and CPU kernel path of this report's process, the lock file's sha256, and the
+    lock hashes the study's runs were tagged with (runs from before the tag: untagged)."""
+    from collections import Counter
+
+    found = environment.versions()
+    rows = [f"| {name} | {version} |" for name, version in found.items()]
+    rows.append(f"| torch CPU kernels (`torch.backends.cpu.get_cpu_capability()`) | {environment.cpu_capability()} |")
+    lock = environment.lock_sha256()
+    rows.append(f"| `{environment.LOCK_FILE}` sha256 | `{lock}` |")
+    tagged = Counter()
+    for key in study.keys:
+        run = study.run(key)
+        if run is not None:
+            tagged[run.data.tags.get(tracking.TAG_ENV_LOCK_SHA, "untagged")] += 1
+    if not tagged:
+        runs = "No run of the study to compare."
+    elif set(tagged) == {lock}:
+        runs = f"All {tagged[lock]} runs of the study were tagged with this lock (`{tracking.TAG_ENV_LOCK_SHA}`)."
+    else:
+        listed = ", ".join(f"`{sha[:12]}` ({count})" for sha, count in tagged.most_common())
+        runs = f"The study's runs by lock (`{tracking.TAG_ENV_LOCK_SHA}`, runs): {listed}; not all match this lock."
+    return (
+        "What this report was made with (its own process; `make setup` installs the lock).\n\n"
+        "| package | version |\n| --- | --- |\n" + "\n".join(rows) + f"\n\n{runs}"
+    )
+
+
 def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]) -> tuple[str, list[str], dict]:
     """(report markdown, its parts without images for the main run's note, paired results). Writes the PNGs."""
     size = paper.size_for(study.preset, cfg.report.paper_size)
@@ -105,23 +166,14 @@ def build(study: Study, cfg: Config, out_dir: Path, screenshot_paths: list[Path]
     sections.append(
         ("Figure 2: ALP learning dynamics", assets.margin_line(study), figure_md or "Probe runs missing: no Figure 2.")
     )
-    best_beta = study.metric("sweep", tracking.METRIC_SWEEP_BEST_BETA)
-    best_value = study.metric("sweep", tracking.METRIC_SWEEP_BEST_VALUE)
-    sweep_text = (
-        "Sweep run missing."
-        if study.run("sweep") is None
-        else (
-            f"Sweep run `{study.keys['sweep']}`: best beta {best_beta:g}, objective {best_value:.4g}."
-            if best_beta is not None and best_value is not None
-            else f"Sweep run `{study.keys['sweep']}` has no best beta logged."
-        )
-    )
+    sweep_text = sweep_line(study)
     sections.append(("DPO beta sweep", sweep_text, f"![objective vs beta]({sweep_png.name})" if sweep_png else None))
     champion = study.stages.get("champion")
     sections.append(
         ("Champion", tables.champion_table(champion) if isinstance(champion, dict) else "No champion recorded.", None)
     )
     sections.append(("Stage wall times", tables.times_table(study), None))
+    sections.append(("Environment", environment_text(study), None))
     if screenshot_paths:
         links = "\n\n".join(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in screenshot_paths)
         sections.append(("MLflow UI", "Screenshots of the tracking UI for this experiment.", links))

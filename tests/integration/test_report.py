@@ -6,17 +6,21 @@ compared with the metric the study's runs logged; missing runs render as `missin
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import platform
 import statistics
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from conftest import ROOT, run_cli
 from report_store import PAPER, make_study, metric, parse, pct, png_bytes, section, table
 
-from reverse_align import cli, tracking
+from reverse_align import cli, environment, tracking
 from reverse_align.config import load_config
 from reverse_align.errors import UserError
 from reverse_align.report import assets
@@ -46,7 +50,8 @@ def test_cli_report_writes_and_logs(whole, client):
     for name in tracking.REPORT_FIGURES.values():
         assert f"]({name})" in text and (out_dir / name).stat().st_size > 1000  # real matplotlib PNGs
     assert (out_dir / "sweep_objective_vs_beta.png").read_bytes() == png_bytes()
-    assert "best beta 0.6, objective 0.4375" in text
+    sweep = section(text, "DPO beta sweep")
+    assert "best beta 0.6 (exact_match 0.4375 [0.323, 0.559], n 64); not separated from betas 0.5, 0.7 at p<0.05" in sweep
     runs = client.search_runs(
         [client.get_experiment_by_name("report-whole").experiment_id], f"tags.`{tracking.TAG_STAGE}` = 'report'"
     )
@@ -54,6 +59,18 @@ def test_cli_report_writes_and_logs(whole, client):
     report_run = runs[0]
     assert report_run.data.tags[tracking.tag_upstream("main")] == logged.main_run_id
     assert report_run.data.tags[tracking.TAG_PRESET] == "tiny"  # the study's preset
+    # The environment: the report run is tagged with the lock's sha256, and the report lists the versions.
+    lock = hashlib.sha256((ROOT / environment.LOCK_FILE).read_bytes()).hexdigest()
+    assert report_run.data.tags[tracking.TAG_ENV_LOCK_SHA] == lock
+    env = section(text, "Environment")
+    for name in ("python", "torch", "transformers", "trl", "peft", "mlflow", "lm-eval", "optuna", "ray"):
+        version = platform.python_version() if name == "python" else importlib.metadata.version(name)
+        assert f"| {name} | {version} |" in env
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert f"| torch CPU kernels (`torch.backends.cpu.get_cpu_capability()`) | {capability} |" in env
+    assert f"| `requirements-lock.txt` sha256 | `{lock}` |" in env
+    # The store's runs were logged without the tag (tests/report_store.py): the report says they do not match.
+    assert f"`untagged` ({len(logged.stages['runs'])})" in env and "not all match this lock" in env
     logged_files = {a.path for a in client.list_artifacts(report_run.info.run_id)}
     assert {
         "report.md",

@@ -3,8 +3,9 @@
 Each test sweeps its own beta range, so each has its own study (the study name
 derives from the runs, the objective and the range). Trials are 2 DPO steps
 with one checkpoint, scored on 2 held-out problems per direction.
-Covers: a finished sweep's parent run (best beta/value/run, table, plots) and
-that the same command adds no trial; two workers on one study (default sqlite
+Covers: a finished sweep's parent run (best beta/value/run, table, plots, each
+trial's interval and whether the best is separated from the others) and that the
+same command adds no trial; two workers on one study (default sqlite
 storage and PostgreSQL); a worker SIGKILLed mid-trial then restarted.
 """
 
@@ -22,9 +23,11 @@ import optuna
 import pytest
 from conftest import ROOT, SESSION_DIR, run_cli
 
-from reverse_align import tracking
+from reverse_align import environment, tracking
 from reverse_align.config import load_config
+from reverse_align.eval.intervals import wilson
 from reverse_align.sweep import run_sweep, study_name
+from reverse_align.sweep_objective import eval_questions
 from reverse_align.sweep_storage import default_url, open_storage
 
 FAST = [
@@ -77,10 +80,33 @@ def test_sweep_logs_best_trial_and_the_same_command_adds_no_trial(micro_sft, mic
     assert all(list(t.intermediate_values) == [2] and t.intermediate_values[2] == t.value for t in study_trials)
     assert {t.user_attrs["dpo_run_id"] for t in study_trials} == set(values)
 
+    # Each trial's objective carries its interval: 2 problems per direction = 4 questions.
+    for r in runs:
+        m = r.data.metrics
+        assert m[tracking.metric_sweep_trial("n")] == 4
+        assert m[tracking.metric_sweep_trial("correct")] == 4 * m[tracking.METRIC_SWEEP_OBJECTIVE]
+        correct = round(m[tracking.metric_sweep_trial("correct")])
+        low, high = wilson(correct, 4)
+        assert (m[tracking.metric_sweep_trial("ci_low")], m[tracking.metric_sweep_trial("ci_high")]) == (low, high)
+    assert all(len(t.user_attrs["questions"]) == 4 and t.user_attrs["n"] == 4 for t in study_trials)
+    # On 4 questions no beta can be separated from another (4 discordant of 4: p 0.125): the tag lists the others.
+    best_beta = parent.data.metrics[tracking.METRIC_SWEEP_BEST_BETA]
+    assert parent.data.metrics[tracking.METRIC_SWEEP_BEST_N] == 4
+    assert parent.data.metrics[tracking.METRIC_SWEEP_BEST_SEPARATED] == 0
+    others = {f"{b:g}" for b in (0.1, 0.2, 0.3) if b != best_beta}
+    assert set(parent.data.tags[tracking.TAG_SWEEP_NOT_SEPARATED].split(",")) == others
+    best_low = parent.data.metrics[tracking.METRIC_SWEEP_BEST_CI_LOW]
+    best_high = parent.data.metrics[tracking.METRIC_SWEEP_BEST_CI_HIGH]
+    assert best_low <= parent.data.metrics[tracking.METRIC_SWEEP_BEST_VALUE] <= best_high
+    assert parent.data.tags[tracking.TAG_ENV_LOCK_SHA] == environment.lock_sha256() != environment.NO_LOCK
+    assert all(r.data.tags[tracking.TAG_ENV_LOCK_SHA] == environment.lock_sha256() for r in runs)
+
     table = tracking.download_artifact(parent_id, f"{tracking.ARTIFACT_SWEEP_DIR}/trials.csv", str(tmp_path))
     with open(table) as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(float(r["beta"]) for r in rows) == [0.1, 0.2, 0.3]
+    assert all(r["n"] == "4" and float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) for r in rows)
+    assert sorted(r["p_vs_best"] == "" for r in rows) == [False, False, True]  # the best is not compared to itself
     figures = {a.path for a in client.list_artifacts(parent_id, tracking.ARTIFACT_FIGURES)}
     assert figures == {"figures/sweep_objective_vs_beta.png", "figures/sweep_history.png"}
 
@@ -181,3 +207,15 @@ def test_bad_sweep_input_exits_2(micro_sft, micro_invert):
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "simplescaling/aime24_nofigures" in result.stderr
+
+
+def test_eval_average_questions_come_from_the_evaluate_runs_samples(client):
+    # The eval_average objective's per-question scores: eval/samples/<benchmark>.json (MLflow tables), a
+    # question's score the mean of its samples, keyed by benchmark so two benchmarks' ids never collide.
+    tracking.setup()
+    experiment = client.get_experiment_by_name(tracking.experiment_name())
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    client.log_table(run_id, {"id": ["a", "a", "b", "b"], "sample": [0, 1, 0, 1], "correct": [True, False, True, True]},
+                     f"{tracking.ARTIFACT_EVAL_SAMPLES}/math500.json")  # fmt: skip
+    client.log_table(run_id, {"id": ["a"], "sample": [0], "correct": [False]}, f"{tracking.ARTIFACT_EVAL_SAMPLES}/gpqa.json")
+    assert eval_questions(run_id) == {"math500/a": 0.5, "math500/b": 1.0, "gpqa/a": 0.0}
