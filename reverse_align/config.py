@@ -103,6 +103,10 @@ class PretrainConfig:
     # the base model reads the world's language, as an instruct LLM reads English. Never the
     # question sentence, the chat format or the reverse direction: those are SFT's to teach.
     narrated_fraction: float = 0.0
+    # Fraction of pretraining sequences that are chat exchanges of single steps (the user's turn "7 - 1", the
+    # assistant's "7 - 1 = 6"), in the chat template SFT uses: the wrapper's tokens are trained before SFT
+    # and the base copies numbers across it, as an instruct model does. Never a question or a chain.
+    chat_fraction: float = 0.0
     # Seed of the base model's initialisation and of its pretraining stream, apart from `data.seed`
     # (the world): bases pretrained under different seeds on one world are the tiny study's
     # replication unit (`main --bases N` runs seeds seed, seed+1, ...).

@@ -21,7 +21,10 @@ def wilson(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or all correct the bound is exactly 0 or 1 (centre - half cancels to rounding noise, 1.7e-18).
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
 
 
 def bootstrap(per_question: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -105,6 +105,19 @@ def build_model(cfg: Config, tokenizer):
     return Qwen2ForCausalLM(config)
 
 
+def chat_exchange(rng: random.Random, cfg: Config) -> str:
+    """One chat turn pair in the template SFT uses: the user writes a single step's operands in symbols, the
+    assistant writes the step with its result and ends its turn. Direction-neutral (both directions' traces are
+    made of such steps) and no question sentence, s1 marker or multi-step problem: it teaches the chat wrapper's
+    tokens and copying numbers out of the user's turn, which an instruct base model knows before SFT."""
+    value = rng.randint(0, cfg.synthetic.max_value)
+    op, operand = rng.choice(synthetic.valid_steps(value, cfg.synthetic))
+    return (
+        f"<|im_start|>user\n{value} {op} {operand}<|im_end|>\n"
+        f"<|im_start|>assistant\n{synthetic.fact(value, op, operand)}<|im_end|>\n"
+    )
+
+
 def pretraining_rows(cfg: Config):
     """Endless rows of text, each a list of pieces: a random walk of `facts_per_sequence` chained steps
     (one piece per step) or worked examples (one piece each). The stream `pretrain` trains on, replayable
@@ -117,12 +130,15 @@ def pretraining_rows(cfg: Config):
     # (a test or transfer chain inside a walk, or opening a worked example) is drawn again.
     guard = synthetic.HeldOut(world.held_out())
     while True:
-        if rng.random() < p.narrated_fraction:
+        kind = rng.random()
+        if kind < p.narrated_fraction:
             # About as many lines as a walk: a worked example is its plan and 2-3 steps.
             row = [
                 synthetic.worked_example(rng, cfg.synthetic, world_problems, guard) + "\n"
                 for _ in range(max(1, p.facts_per_sequence // 4))
             ]
+        elif kind < p.narrated_fraction + p.chat_fraction:
+            row = [chat_exchange(rng, cfg) for _ in range(max(1, p.facts_per_sequence // 2))]
         else:
             walk = synthetic.random_walk(rng, cfg.synthetic, p.facts_per_sequence)
             if rng.random() < p.copy_fraction:

@@ -11,6 +11,8 @@ def test_wilson_known_values():
     low, high = wilson(0, 30)
     assert low == 0.0 and high == pytest.approx(0.1135, abs=1e-4)  # not the normal interval's [0, 0]
     assert wilson(15, 30) == pytest.approx((0.3315, 0.6685), abs=1e-4)
+    # The base model's 0 of 200 logged ci_low 1.7e-18 before the bounds were pinned at 0 and 1.
+    assert wilson(0, 200)[0] == 0.0 and wilson(200, 200)[1] == 1.0
 
 
 def test_bootstrap_is_seeded_and_brackets_the_mean():

@@ -1,4 +1,6 @@
+import hashlib
 import random
+import re
 
 import pytest
 
@@ -7,12 +9,13 @@ from reverse_align.data import synthetic
 from reverse_align.train.pretrain import build_tokenizer, fact_batches, pretraining_documents
 
 
-def _rows(copy_fraction, narrated_fraction=0.0, batch_size=32):
+def _rows(copy_fraction, narrated_fraction=0.0, batch_size=32, chat_fraction=0.0):
     cfg = load_config(
         "micro",
         [
             f"pretrain.copy_fraction={copy_fraction}",
             f"pretrain.narrated_fraction={narrated_fraction}",
+            f"pretrain.chat_fraction={chat_fraction}",
             f"pretrain.batch_size={batch_size}",
         ],
     )
@@ -65,6 +68,33 @@ def test_narrated_fraction_mixes_worked_examples_with_walks():
     _, texts = _rows(0.0, narrated_fraction=0.5, batch_size=200)
     narrated = sum(text.startswith("Start with ") for text in texts)
     assert 70 <= narrated <= 130
+
+
+def test_chat_exchanges_are_single_steps_in_the_chat_template():
+    cfg, texts = _rows(0.0, chat_fraction=1.0, batch_size=64)
+    tokenizer = build_tokenizer(cfg)
+    exchange = re.compile(
+        r"<\|im_start\|>user\n(\d+) ([-+*/]) (\d+)<\|im_end\|>\n<\|im_start\|>assistant\n(\d+) ([-+*/]) (\d+) = (\d+)<\|im_end\|>\n"
+    )
+    for text in texts:
+        turns = exchange.findall(text)
+        assert len(turns) == cfg.pretrain.facts_per_sequence // 2 and "".join(exchange.split(text)[::8]) == ""
+        for a, op, b, a2, op2, b2, result in turns:
+            assert (a, op, b) == (a2, op2, b2)  # the assistant copies the user's operands
+            assert synthetic.apply(int(a), op, int(b)) == int(result)
+            assert 0 <= int(result) <= cfg.synthetic.max_value
+    # The chat markers are the tokenizer's special tokens, as in SFT's template, not their characters.
+    ids = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert "?" not in "".join(texts) and "Start with" not in "".join(texts)
+
+
+def test_chat_fraction_zero_keeps_the_old_stream():
+    """With chat_fraction 0 the stream is the one the earlier tiny bases were pretrained on (hash of its first
+    20 steps at commit e435d66, tiny recipe with narrated_fraction 0.3): the new knob draws nothing then."""
+    cfg = load_config("tiny", ["pretrain.chat_fraction=0.0", "pretrain.narrated_fraction=0.3"])
+    documents = "".join(pretraining_documents(cfg, 20))
+    assert hashlib.sha256(documents.encode()).hexdigest()[:16] == "f080782bdd66c81b"
 
 
 @pytest.mark.parametrize("preset", ["micro", "tiny"])
