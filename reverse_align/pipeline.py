@@ -151,6 +151,9 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
 
     up = tracking.tag_upstream
     not_in_a_sweep = (tracking.TAG_SWEEP_TRIAL,)
+    # Evaluations decoded before eval/decoding.py (the checkpoint's generation_config, e.g. Qwen2.5-Instruct's
+    # repetition penalty, on the hf backend) log no eval.generation.* params: they are redone, not reused.
+    decoded = {f"{tracking.PARAM_EVAL_GENERATION}.repetition_penalty": "1.0"}
     def pretrained(base: int) -> tuple[str, ...]:
         return (base_key("pretrain", base, bases),) if tiny else ()
 
@@ -204,7 +207,7 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
             base_key("eval.base", base, bases), "reverse_align.eval.stage:run_evaluate", base_cfg, {"data_run_id": Ref("data")},
             # eval.format: a base evaluation graded in the SFT models' format (before it was chat) is not reused.
             find=finder("evaluate", base_cfg, params={"eval.run_id": "base", "eval.data_run_id": Ref("data"),
-                                                       tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT}),
+                                                       tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT, **decoded}),
             after=pretrained(base),
         ))  # fmt: skip
     for base in bases:
@@ -227,7 +230,7 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
                 fmt = {tracking.PARAM_EVAL_FORMAT: CHAT_FORMAT} if trained.startswith("dpo.direct.") else {}
                 jobs.append(Job(
                     f"eval.{trained}", "reverse_align.eval.stage:run_evaluate", seed_cfg, {"run_id": Ref(trained)},
-                    find=finder("evaluate", seed_cfg, params={"eval.run_id": Ref(trained), **fmt}),
+                    find=finder("evaluate", seed_cfg, params={"eval.run_id": Ref(trained), **fmt, **decoded}),
                 ))  # fmt: skip
     evaluated = [job.key for job in jobs if job.key.startswith("eval.")]
     # Promote among this study's adapters only (its invert run), on the metric evaluate copies onto them.

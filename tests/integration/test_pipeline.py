@@ -129,3 +129,21 @@ def test_a_failure_names_its_stage_and_the_rerun_continues_from_it(micro_base, c
     record = stage_map(client, run_main(fixed))
     assert {k for k in done if k != "pretrain"} <= set(record["reused"])
     assert "sweep" not in record["reused"] and set(record["runs"]) == {k for k in STUDY if not k.endswith("seed1")}
+
+    # An evaluation decoded before eval/decoding.py (no eval.generation.* params: on the hf backend it took the
+    # checkpoint's generation_config) is redone, not reused; the same run with them is reused.
+    from mlflow.entities import Param
+
+    from reverse_align.pipeline import plan
+
+    old = client.get_run(runs["eval.base"])
+    stale = client.create_run(old.info.experiment_id, tags={k: v for k, v in old.data.tags.items()})
+    params = [Param(k, v) for k, v in old.data.params.items() if not k.startswith(tracking.PARAM_EVAL_GENERATION)]
+    assert len(params) < len(old.data.params)
+    client.log_batch(stale.info.run_id, params=params)
+    client.set_terminated(stale.info.run_id)
+    client.delete_run(old.info.run_id)
+    job = next(j for j in plan(cfg, [0], parent_id=first) if j.key == "eval.base")
+    assert job.find({"data": runs["data"]}) is None
+    client.restore_run(old.info.run_id)
+    assert job.find({"data": runs["data"]}) == old.info.run_id
