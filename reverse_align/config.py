@@ -242,6 +242,25 @@ class DPOConfig:
 
 
 @dataclass
+class CheckpointsConfig:
+    # What the MLflow store keeps of a training run's (sft, dpo) checkpoints. While it trains, only what a resume
+    # needs: the newest trainer state (resume/checkpoint-<step>/) and the adapter it points to; an older one is
+    # deleted from the run's artifacts as soon as a newer one is logged (stores whose artifact repository deletes:
+    # local files, an mlflow server's served artifacts; others keep everything, said once on stderr). Every
+    # epoch's kept before: 73 of a 113 MB tiny SFT run, and on paper-7b 4.8 GB of adapter (1.19B parameters with
+    # the saved lm_head) per checkpoint (bench/study_storage.py). Not in the config hash: what a run keeps does
+    # not change what it trained, so a reused run keeps what it kept.
+    # Adapter checkpoints (checkpoints/<name>/) left once the run FINISHED: "all" (every one, none deleted while
+    # training either: the probe scores them, and sets this for its own runs), "last" (the newest), "none" (only
+    # the final adapter/, which is the last checkpoint's weights when training ends on a save).
+    keep_adapters: str = "none"
+    # Trainer states (optimizer, scheduler, RNG; resume/checkpoint-<step>/) left once the run FINISHED, which
+    # nothing resumes: "none", "last" or "all" (every one, none deleted while training). A kept state keeps the
+    # adapter it points to. A FAILED or killed run keeps its newest, to be resumed with --run_id.
+    keep_resume: str = "none"
+
+
+@dataclass
 class ProbeConfig:
     # §3.2 / §4.4: SFT 12 epochs evaluated every 2; DPO 7 epochs evaluated every epoch, beta 0.2.
     sft_epochs: int = 12
@@ -383,6 +402,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

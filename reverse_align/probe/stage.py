@@ -131,6 +131,8 @@ def training_config(cfg: Config, n_pairs: int) -> Config:
             f"and probe.dpo_epochs ({p.dpo_epochs}) must be >= 1"
         )
     out = copy.deepcopy(cfg)
+    # The probe scores every checkpoint of its own runs (below), so they keep them all.
+    out.checkpoints.keep_adapters = "all"
     out.sft.epochs = p.sft_epochs
     out.sft.save_every_epochs = p.sft_eval_every
     out.sft.train_set = PROBE_TRAIN_SET
@@ -216,7 +218,10 @@ def run_checkpoints(cfg: Config, run_id: str) -> str:
     client = mlflow.MlflowClient(tracking.tracking_uri())
     checkpoints = logged_checkpoints(client, run_id)
     if not checkpoints:
-        raise UserError(f"--run_id {run_id}: has no {tracking.ARTIFACT_CHECKPOINTS}/<name>/ artifacts to score")
+        raise UserError(
+            f"--run_id {run_id}: has no {tracking.ARTIFACT_CHECKPOINTS}/<name>/ artifacts to score; a finished run keeps "
+            "them with checkpoints.keep_adapters=all (train it again with --set checkpoints.keep_adapters=all)"
+        )
     unit = "step" if checkpoints[0].name.startswith("step-") else "epoch"
     params = {"probe.mode": MODE_CHECKPOINTS, "probe.run_id": run_id, "probe.step_unit": unit}
     upstream = {"invert": data_run_id, phase: run_id}

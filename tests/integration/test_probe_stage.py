@@ -98,12 +98,20 @@ def test_figure_curves_are_read_from_the_logged_metrics(client, experiment_runs)
 
 
 def test_checkpoint_mode_scores_every_checkpoint_of_an_sft_run(client, micro_sft, micro_invert):
-    probe_id = run_probe(load_config("micro"), run_id=micro_sft)
+    from reverse_align.errors import UserError
+    from reverse_align.train.sft import run_sft
+
+    # A run trained with the defaults keeps no checkpoints once finished: refused in one line naming the setting.
+    with pytest.raises(UserError, match=r"has no checkpoints/<name>/ artifacts to score; .*checkpoints.keep_adapters=all"):
+        run_probe(load_config("micro"), run_id=micro_sft)
+    kept = run_sft(load_config("micro", ["sft.epochs=2", "checkpoints.keep_adapters=all"]), micro_invert, "forward")
+    probe_id = run_probe(load_config("micro"), run_id=kept)
     run = client.get_run(probe_id)
-    assert run.data.tags[tracking.tag_upstream("sft")] == micro_sft
+    assert run.data.tags[tracking.tag_upstream("sft")] == kept
     assert run.data.tags[tracking.tag_upstream("invert")] == micro_invert
-    checkpoints = [a.path.split("/")[-1] for a in client.list_artifacts(micro_sft, tracking.ARTIFACT_CHECKPOINTS)]
+    checkpoints = [a.path.split("/")[-1] for a in client.list_artifacts(kept, tracking.ARTIFACT_CHECKPOINTS)]
     epochs = sorted(int(name.split("-")[1]) for name in checkpoints)
+    assert epochs == [1, 2]
     pos = metric_steps(client, probe_id, tracking.metric_alp("sft", "pos", "forward"))
     assert sorted(pos) == [0, *epochs]
     assert {a.path for a in client.list_artifacts(probe_id, "figures")} == set(tracking.ALP_FIGURES.values())
