@@ -247,12 +247,13 @@ class CheckpointsConfig:
     # needs: the newest trainer state (resume/checkpoint-<step>/) and the adapter it points to; an older one is
     # deleted from the run's artifacts as soon as a newer one is logged (stores whose artifact repository deletes:
     # local files, an mlflow server's served artifacts; others keep everything, said once on stderr). Every
-    # epoch's kept before: 73 of a 113 MB tiny SFT run, and on paper-7b 4.8 GB of adapter (1.19B parameters with
+    # epoch's kept before: 73 of a 113 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters with
     # the saved lm_head) per checkpoint (bench/study_storage.py). Not in the config hash: what a run keeps does
     # not change what it trained, so a reused run keeps what it kept.
     # Adapter checkpoints (checkpoints/<name>/) left once the run FINISHED: "all" (every one, none deleted while
-    # training either: the probe scores them, and sets this for its own runs), "last" (the newest), "none" (only
-    # the final adapter/, which is the last checkpoint's weights when training ends on a save).
+    # training either: `probe --run_id` scores them), "last" (the newest), "none" (only the final adapter/, the
+    # last checkpoint's weights when training ends on a save). The probe's own runs keep all until it has scored
+    # them, then what this says.
     keep_adapters: str = "none"
     # Trainer states (optimizer, scheduler, RNG; resume/checkpoint-<step>/) left once the run FINISHED, which
     # nothing resumes: "none", "last" or "all" (every one, none deleted while training). A kept state keeps the
