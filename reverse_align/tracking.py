@@ -87,6 +87,16 @@ ARTIFACT_MIX = "mix/composition.json"
 ARTIFACT_ALP_ITEMS = "alp/items.json"
 ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
 
+# MLflow system metrics on every stage run (mlflow.start_run(log_system_metrics=True), psutil; GPUs where pynvml
+# sees them): system/cpu_utilization_percentage, system/system_memory_usage_megabytes, system/gpu_*, ... at step =
+# sample. One sample every SYSTEM_METRICS_INTERVAL_S seconds, each logged as taken (MLflow's default, pinned here):
+# tiny stages last 20 s to a few minutes, so 10 s still draws a curve; a run shorter than one interval logs none.
+# MLflow's own environment variables win: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL (seconds),
+# MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off.
+SYSTEM_METRICS_INTERVAL_S = 10
+METRIC_SYSTEM_CPU = "system/cpu_utilization_percentage"
+METRIC_SYSTEM_MEMORY = "system/system_memory_usage_megabytes"
+
 # main: each side-by-side stage's console output (main/logs/<key>.log) and the study's wall time.
 ARTIFACT_MAIN_LOGS = "main/logs"
 METRIC_MAIN_SECONDS = "main/seconds"
@@ -332,7 +342,8 @@ def stage_run(
     # mlflow.start_run() reads MLFLOW_RUN_ID itself; hide it when we do not reuse it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        run = mlflow.start_run(run_id=reuse, nested=nested) if reuse else mlflow.start_run(nested=nested)
+        system_metrics = log_system_metrics()
+        run = mlflow.start_run(run_id=reuse, nested=nested, log_system_metrics=system_metrics)
     except BaseException:
         if launcher:
             os.environ["MLFLOW_RUN_ID"] = launcher
@@ -371,6 +382,19 @@ def stage_run(
     finally:
         if moved:
             launchers.retire(launcher, run.info.run_id)
+
+
+def log_system_metrics() -> bool:
+    """Whether stage runs log MLflow system metrics (yes, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says no);
+    sets MLflow's sampling interval to SYSTEM_METRICS_INTERVAL_S unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL is set."""
+    from mlflow.environment_variables import (
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING,
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL,
+    )
+
+    if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.is_set():
+        os.environ[MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name] = str(SYSTEM_METRICS_INTERVAL_S)
+    return MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get() if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.is_set() else True
 
 
 def hardware() -> str:
