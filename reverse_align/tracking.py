@@ -9,6 +9,7 @@ turns failures into the behaviour of INTERFACE.md (bad input: run FAILED with
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -394,6 +395,8 @@ def log_system_metrics() -> bool:
 
     if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.is_set():
         os.environ[MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name] = str(SYSTEM_METRICS_INTERVAL_S)
+    # Its start/stop lines (INFO) on every stage's stderr say nothing a user acts on; warnings still show.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     return MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get() if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.is_set() else True
 
 

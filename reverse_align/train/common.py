@@ -281,7 +281,7 @@ def delete_artifacts(run_id: str, paths: list[str]) -> list[str]:
         return []
     artifact_uri = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).info.artifact_uri
     scheme = artifact_uri.split(":", 1)[0] if ":" in artifact_uri else "file"
-    repo = get_artifact_repository(artifact_uri)
+    repo = get_artifact_repository(artifact_uri, tracking_uri=tracking.tracking_uri())
     if type(repo).delete_artifacts is ArtifactRepository.delete_artifacts:
         _say_cannot_delete(scheme, f"{type(repo).__name__} cannot delete artifacts")
         return []
