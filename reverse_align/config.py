@@ -247,9 +247,10 @@ class CheckpointsConfig:
     # needs: the newest trainer state (resume/checkpoint-<step>/) and the adapter it points to; an older one is
     # deleted from the run's artifacts as soon as a newer one is logged (stores whose artifact repository deletes:
     # local files, an mlflow server's served artifacts; others keep everything, said once on stderr). Every
-    # epoch's kept before: 73 of a 113 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters with
-    # the saved lm_head) per checkpoint (bench/study_storage.py). Not in the config hash: what a run keeps does
-    # not change what it trained, so a reused run keeps what it kept.
+    # epoch's kept before: 112 MB of a 117 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters
+    # with the saved lm_head) a checkpoint; the whole tiny study 1.2 GB -> 135 MB, paper-7b 628 -> 162 GB
+    # (bench/study_storage.py). Not in the config hash: what a run keeps does not change what it trained, so a
+    # reused run keeps what it kept.
     # Adapter checkpoints (checkpoints/<name>/) left once the run FINISHED: "all" (every one, none deleted while
     # training either: `probe --run_id` scores them), "last" (the newest), "none" (only the final adapter/, the
     # last checkpoint's weights when training ends on a save). The probe's own runs keep all until it has scored
