@@ -302,16 +302,16 @@ def _say_cannot_delete(scheme: str, why: str) -> None:
         print(f"warning: older checkpoints stay in the {scheme} artifact store ({why})", file=sys.stderr)
 
 
-def prune_checkpoints(run_id: str, checkpoints: CheckpointsConfig, keep: str = "last") -> list[str]:
+def prune_checkpoints(run_id: str, checkpoints: CheckpointsConfig, finished: bool = False) -> list[str]:
     """Delete the run's logged resume states and adapter checkpoints that ``checkpoints`` does not keep.
 
-    ``keep``: ``last`` while training (the newest of each stays: what a resume needs, unless a setting is
-    ``all``), ``end`` once the run has logged its final adapter (each setting as it says; a kept resume state
-    keeps its adapter). Returns the deleted artifact paths.
+    While training (``finished`` false) the newest of each stays, what a resume needs (all of them where a
+    setting is ``all``); once the run has logged its final adapter, each setting as it says (a kept resume
+    state keeps the adapter it points to). Returns the deleted artifact paths.
     """
     resume_rule = checkpoints.keep_resume
     adapter_rule = checkpoints.keep_adapters
-    if keep == "last":
+    if not finished:
         resume_rule = "all" if resume_rule == "all" else "last"
         adapter_rule = "all" if "all" in (adapter_rule, resume_rule) else "last"
     elif KEEP.index(resume_rule) < KEEP.index(adapter_rule):
@@ -327,7 +327,7 @@ def prune_checkpoints(run_id: str, checkpoints: CheckpointsConfig, keep: str = "
 
 def finish_checkpoints(run_id: str, checkpoints: CheckpointsConfig) -> list[str]:
     """Once the run has logged its final adapter: keep of ``checkpoints/`` and ``resume/`` what the settings say."""
-    return prune_checkpoints(run_id, checkpoints, keep="end")
+    return prune_checkpoints(run_id, checkpoints, finished=True)
 
 
 class CheckpointLoggingCallback(TrainerCallback):
