@@ -247,7 +247,7 @@ class CheckpointsConfig:
     # needs: the newest trainer state (resume/checkpoint-<step>/) and the adapter it points to; an older one is
     # deleted from the run's artifacts as soon as a newer one is logged (stores whose artifact repository deletes:
     # local files, an mlflow server's served artifacts; others keep everything, said once on stderr). Every
-    # epoch's kept before: 112 MB of a 117 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters
+    # epoch's kept before: 112 MB of a 118 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters
     # with the saved lm_head) a checkpoint; the whole tiny study 1.2 GB -> 135 MB, paper-7b 628 -> 162 GB
     # (bench/study_storage.py). Not in the config hash: what a run keeps does not change what it trained, so a
     # reused run keeps what it kept.
