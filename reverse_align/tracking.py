@@ -9,6 +9,7 @@ turns failures into the behaviour of INTERFACE.md (bad input: run FAILED with
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -89,6 +90,16 @@ ARTIFACT_MIX = "mix/composition.json"
 # probe: per item and checkpoint ALP values (an mlflow table) and Figure 2's three panels.
 ARTIFACT_ALP_ITEMS = "alp/items.json"
 ALP_FIGURES = {"pos": "figures/alp_pos.png", "neg": "figures/alp_neg.png", "margin": "figures/alp_margin.png"}
+
+# MLflow system metrics on every stage run (mlflow.start_run(log_system_metrics=True), psutil; GPUs where pynvml
+# sees them): system/cpu_utilization_percentage, system/system_memory_usage_megabytes, system/gpu_*, ... at step =
+# sample. One sample every SYSTEM_METRICS_INTERVAL_S seconds, each logged as taken (MLflow's default, pinned here):
+# tiny stages last 20 s to a few minutes, so 10 s still draws a curve; a run shorter than one interval logs none.
+# MLflow's own environment variables win: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL (seconds),
+# MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off.
+SYSTEM_METRICS_INTERVAL_S = 10
+METRIC_SYSTEM_CPU = "system/cpu_utilization_percentage"
+METRIC_SYSTEM_MEMORY = "system/system_memory_usage_megabytes"
 
 # main: each side-by-side stage's console output (main/logs/<key>.log) and the study's wall time.
 ARTIFACT_MAIN_LOGS = "main/logs"
@@ -355,7 +366,8 @@ def stage_run(
     # mlflow.start_run() reads MLFLOW_RUN_ID itself; hide it when we do not reuse it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        run = mlflow.start_run(run_id=reuse, nested=nested) if reuse else mlflow.start_run(nested=nested)
+        system_metrics = log_system_metrics()
+        run = mlflow.start_run(run_id=reuse, nested=nested, log_system_metrics=system_metrics)
     except BaseException:
         if launcher:
             os.environ["MLFLOW_RUN_ID"] = launcher
@@ -394,6 +406,21 @@ def stage_run(
     finally:
         if moved:
             launchers.retire(launcher, run.info.run_id)
+
+
+def log_system_metrics() -> bool:
+    """Whether stage runs log MLflow system metrics (yes, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says no);
+    sets MLflow's sampling interval to SYSTEM_METRICS_INTERVAL_S unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL is set."""
+    from mlflow.environment_variables import (
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING,
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL,
+    )
+
+    if not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.is_set():
+        os.environ[MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name] = str(SYSTEM_METRICS_INTERVAL_S)
+    # Its start/stop lines (INFO) on every stage's stderr say nothing a user acts on; warnings still show.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    return MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get() if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.is_set() else True
 
 
 def hardware() -> str:

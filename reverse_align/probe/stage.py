@@ -8,7 +8,8 @@ Two modes, each one MLflow run tagged ``reverse_align.stage = probe``:
   for ``probe.sft_epochs`` epochs, a checkpoint every ``probe.sft_eval_every``;
   then the real `dpo` stage on that SFT model (reference = the SFT model) with
   beta ``probe.dpo_beta`` for ``probe.dpo_epochs`` epochs, a checkpoint each
-  epoch. Both training runs are nested children of the probe run.
+  epoch. Both training runs are nested children of the probe run; they keep every
+  adapter checkpoint until it is scored, then what ``cfg.checkpoints`` says.
 - checkpoints (``--run_id <sft or dpo run>``): an existing run's logged checkpoints.
 
 Then every checkpoint is scored on all three probe tests T_f, T_r, T_m
@@ -131,6 +132,9 @@ def training_config(cfg: Config, n_pairs: int) -> Config:
             f"and probe.dpo_epochs ({p.dpo_epochs}) must be >= 1"
         )
     out = copy.deepcopy(cfg)
+    # The probe scores every checkpoint of its own runs once both are trained (run_experiment), so they keep them
+    # all until then; run_experiment applies the caller's `checkpoints` after scoring.
+    out.checkpoints.keep_adapters = "all"
     out.sft.epochs = p.sft_epochs
     out.sft.save_every_epochs = p.sft_eval_every
     out.sft.train_set = PROBE_TRAIN_SET
@@ -170,6 +174,7 @@ def run_experiment(cfg: Config, data_run_id: str, train_on: str) -> str:
     from reverse_align.data.invert import load_run_records
     from reverse_align.probe import figures
     from reverse_align.probe.alp import probe_items
+    from reverse_align.train import common
     from reverse_align.train.dpo import run_dpo
     from reverse_align.train.sft import run_sft
 
@@ -193,6 +198,9 @@ def run_experiment(cfg: Config, data_run_id: str, train_on: str) -> str:
         dpo_run = client.get_run(dpo_id)
         score_checkpoints(scorer, [starting_point(dpo_run)] + logged_checkpoints(client, dpo_id), "dpo", rows)
         log_items_table(rows)
+        # Scored: the training runs now keep what the study's `checkpoints` settings say (default: adapter/ only).
+        for trained in (sft_id, dpo_id):
+            common.finish_checkpoints(trained, cfg.checkpoints)
         runs = {**sibling_runs(client, cfg, data_run_id), train_on: run_id}
         figures.log_figures(client, figures.figure2_curves(runs))
         print(f"probe run {run_id}: trained on D_{train_on} (sft {sft_id}, dpo {dpo_id}); figures from {runs}")
@@ -216,7 +224,10 @@ def run_checkpoints(cfg: Config, run_id: str) -> str:
     client = mlflow.MlflowClient(tracking.tracking_uri())
     checkpoints = logged_checkpoints(client, run_id)
     if not checkpoints:
-        raise UserError(f"--run_id {run_id}: has no {tracking.ARTIFACT_CHECKPOINTS}/<name>/ artifacts to score")
+        raise UserError(
+            f"--run_id {run_id}: has no {tracking.ARTIFACT_CHECKPOINTS}/<name>/ artifacts to score; a finished run keeps "
+            "them with checkpoints.keep_adapters=all (train it again with --set checkpoints.keep_adapters=all)"
+        )
     unit = "step" if checkpoints[0].name.startswith("step-") else "epoch"
     params = {"probe.mode": MODE_CHECKPOINTS, "probe.run_id": run_id, "probe.step_unit": unit}
     upstream = {"invert": data_run_id, phase: run_id}

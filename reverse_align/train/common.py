@@ -14,7 +14,10 @@ subclasses or copies a trainer.
 - :class:`SaveEveryEpochsCallback` - checkpoint every N epochs (``save_strategy="no"``).
 - :class:`CheckpointLoggingCallback` - each saved checkpoint's adapter ->
   ``checkpoints/<name>/`` (adapter files only) and its trainer state (optimizer,
-  scheduler, RNG, trainer_state.json) -> ``resume/checkpoint-<step>/``.
+  scheduler, RNG, trainer_state.json) -> ``resume/checkpoint-<step>/``; the older
+  ones deleted from the store as it goes (``cfg.checkpoints``: only what a resume needs).
+- :func:`finish_checkpoints` - once a run has logged its final adapter: what ``cfg.checkpoints``
+  keeps of ``checkpoints/`` and ``resume/``, the rest deleted from the store.
 - :func:`resume_checkpoint` - the checkpoint to resume from: the newest local
   one, else the newest one logged to MLflow, downloaded (not under DeepSpeed:
   refused, the store lacks its shards); None to start fresh.
@@ -34,6 +37,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reverse_align import tracking
-from reverse_align.config import Config, LoraConfig
+from reverse_align.config import CheckpointsConfig, Config, LoraConfig
 from reverse_align.errors import UserError
 
 try:  # transformers is always installed; the import only stays out of `--help`'s way when it is not needed
@@ -230,6 +234,102 @@ def step_checkpoint_name(state) -> str:
     return f"step-{state.global_step}"
 
 
+KEEP = ("all", "last", "none")
+
+
+def check_checkpoints_config(checkpoints: CheckpointsConfig) -> None:
+    for key in ("keep_adapters", "keep_resume"):
+        value = getattr(checkpoints, key)
+        if value not in KEEP:
+            raise UserError(f"checkpoints.{key} {value!r}: expected one of {', '.join(KEEP)}")
+
+
+_CHECKPOINT_NUMBER = re.compile(r"(\d+)$")
+
+
+def _number(name: str) -> int:
+    """The step or epoch at the end of a checkpoint's name (``checkpoint-16``, ``epoch-2``, ``step-40``)."""
+    match = _CHECKPOINT_NUMBER.search(name)
+    return int(match.group(1)) if match else -1
+
+
+def _logged(run_id: str, folder: str) -> list[str]:
+    """Artifact paths of the folders directly under ``folder`` (``resume``, ``checkpoints``), oldest first."""
+    import mlflow
+
+    entries = mlflow.MlflowClient(tracking.tracking_uri()).list_artifacts(run_id, folder)
+    return sorted((e.path for e in entries if e.is_dir), key=lambda p: _number(p.rsplit("/", 1)[-1]))
+
+
+_CANNOT_DELETE_SAID: set[str] = set()
+
+
+def delete_artifacts(run_id: str, paths: list[str]) -> list[str]:
+    """Delete artifact paths of a run from its store; returns those deleted.
+
+    MLflow's client has no delete call; the run's artifact repository does for local files and an
+    mlflow server's served artifacts (``mlflow-artifacts:``, HTTP DELETE), and for most object stores.
+    Where the repository has none (it inherits ``ArtifactRepository.delete_artifacts``, which does
+    nothing) or the store refuses, nothing is deleted and that is said once per scheme on stderr:
+    housekeeping never fails a training run.
+    """
+    import mlflow
+    from mlflow.store.artifact.artifact_repo import ArtifactRepository
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if not paths:
+        return []
+    artifact_uri = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).info.artifact_uri
+    scheme = artifact_uri.split(":", 1)[0] if ":" in artifact_uri else "file"
+    repo = get_artifact_repository(artifact_uri, tracking_uri=tracking.tracking_uri())
+    if type(repo).delete_artifacts is ArtifactRepository.delete_artifacts:
+        _say_cannot_delete(scheme, f"{type(repo).__name__} cannot delete artifacts")
+        return []
+    deleted = []
+    for path in paths:
+        try:
+            repo.delete_artifacts(path)
+        except Exception as exc:  # noqa: BLE001 - every repository raises its own types
+            _say_cannot_delete(scheme, f"{type(exc).__name__}: {exc}"[:300])
+            break
+        deleted.append(path)
+    return deleted
+
+
+def _say_cannot_delete(scheme: str, why: str) -> None:
+    if scheme not in _CANNOT_DELETE_SAID:
+        _CANNOT_DELETE_SAID.add(scheme)
+        print(f"warning: older checkpoints stay in the {scheme} artifact store ({why})", file=sys.stderr)
+
+
+def prune_checkpoints(run_id: str, checkpoints: CheckpointsConfig, finished: bool = False) -> list[str]:
+    """Delete the run's logged resume states and adapter checkpoints that ``checkpoints`` does not keep.
+
+    While training (``finished`` false) the newest of each stays, what a resume needs (all of them where a
+    setting is ``all``); once the run has logged its final adapter, each setting as it says (a kept resume
+    state keeps the adapter it points to). Returns the deleted artifact paths.
+    """
+    resume_rule = checkpoints.keep_resume
+    adapter_rule = checkpoints.keep_adapters
+    if not finished:
+        resume_rule = "all" if resume_rule == "all" else "last"
+        adapter_rule = "all" if "all" in (adapter_rule, resume_rule) else "last"
+    elif KEEP.index(resume_rule) < KEEP.index(adapter_rule):
+        adapter_rule = resume_rule  # the adapter a kept resume state points to stays
+    doomed = []
+    for folder, rule in ((tracking.ARTIFACT_RESUME, resume_rule), (tracking.ARTIFACT_CHECKPOINTS, adapter_rule)):
+        if rule == "all":
+            continue
+        logged = _logged(run_id, folder)
+        doomed += ([folder] if logged else []) if rule == "none" else logged[:-1]
+    return delete_artifacts(run_id, doomed)
+
+
+def finish_checkpoints(run_id: str, checkpoints: CheckpointsConfig) -> list[str]:
+    """Once the run has logged its final adapter: keep of ``checkpoints/`` and ``resume/`` what the settings say."""
+    return prune_checkpoints(run_id, checkpoints, finished=True)
+
+
 class CheckpointLoggingCallback(TrainerCallback):
     """After each checkpoint save: its adapter -> ``checkpoints/<name>/``, its trainer state -> ``resume/``.
 
@@ -237,12 +337,21 @@ class CheckpointLoggingCallback(TrainerCallback):
     DPO). Only the adapter files go under ``checkpoints/`` (never base weights);
     the optimizer/scheduler/RNG/trainer state go under
     ``resume/checkpoint-<step>/`` with a pointer to the adapter, so a run can be
-    resumed on a machine that lost the local output directory.
+    resumed on a machine that lost the local output directory. Once both are
+    logged, the older ones ``checkpoints`` (``cfg.checkpoints``) does not keep are
+    deleted from the store (:func:`prune_checkpoints`): the newest pair is always
+    complete in the store before anything is deleted.
     """
 
-    def __init__(self, name: Callable[[Any], str] = step_checkpoint_name, log_resume_state: bool = True):
+    def __init__(
+        self,
+        name: Callable[[Any], str] = step_checkpoint_name,
+        log_resume_state: bool = True,
+        checkpoints: CheckpointsConfig | None = None,
+    ):
         self.name = name
         self.log_resume_state = log_resume_state
+        self.checkpoints = checkpoints or CheckpointsConfig()
 
     def on_save(self, args, state, control, **kwargs):
         import mlflow
@@ -262,6 +371,7 @@ class CheckpointLoggingCallback(TrainerCallback):
                 for path in sorted(checkpoint.iterdir()):
                     if path.is_file() and path.name.startswith(RESUME_FILE_PREFIXES):
                         mlflow.log_artifact(str(path), artifact_path=resume_artifact)
+        prune_checkpoints(mlflow.active_run().info.run_id, self.checkpoints)
 
 
 # ---------------------------------------------------------------- resume

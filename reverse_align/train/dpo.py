@@ -20,7 +20,8 @@ params ``dpo.direction``, ``dpo.reference`` (``sft`` or ``base``), ``sft.mix``;
 at step = optimizer step (``train/rewards/{chosen,rejected,margins,accuracies}``,
 ``train/logps/{chosen,rejected}``, ``train/loss``); adapter checkpoints under
 ``checkpoints/step-<n>/`` (or ``epoch-<n>`` with ``dpo.save_every_epochs``) and
-trainer state under ``resume/``; the final ``adapter/`` and MLflow model
+trainer state under ``resume/`` (the newest kept while training, what ``cfg.checkpoints``
+says once finished); the final ``adapter/`` and MLflow model
 ``model``. ``--run_id`` of an unfinished run resumes it from its last
 checkpoint; ``--num_processes N`` trains data-parallel via torchrun.
 """
@@ -147,9 +148,9 @@ def checkpoint_callbacks(cfg: Config) -> list:
     if cfg.dpo.save_every_epochs > 0:
         return [
             common.SaveEveryEpochsCallback(cfg.dpo.save_every_epochs),
-            common.CheckpointLoggingCallback(common.epoch_checkpoint_name),
+            common.CheckpointLoggingCallback(common.epoch_checkpoint_name, checkpoints=cfg.checkpoints),
         ]
-    return [common.CheckpointLoggingCallback(common.step_checkpoint_name)]
+    return [common.CheckpointLoggingCallback(common.step_checkpoint_name, checkpoints=cfg.checkpoints)]
 
 
 def build_trainer(model, peft_config, dataset, tokenizer, args, callbacks=()):
@@ -217,6 +218,7 @@ def train(
     # (trl's frozen "ref" copy is not part of the result), never the trainer's possibly sharded copy.
     final = common.load_adapter_model(cfg, base_path, final_dir)
     common.log_final_adapter(final, tokenizer, base_path)
+    common.finish_checkpoints(run_id, cfg.checkpoints)
 
 
 def train_in_worker(
@@ -249,6 +251,7 @@ def run_dpo(
     tracking.setup()
     direction = check_direction(direction or BOTH)
     check_dpo_config(cfg)
+    common.check_checkpoints_config(cfg.checkpoints)
     sft_run = tracking.require_run(sft_run_id, "sft", "sft_run_id") if sft_run_id else None
     if sft_run:
         require_same_base(cfg, sft_run, "--sft_run_id")

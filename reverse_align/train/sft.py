@@ -12,7 +12,8 @@ Batches are padding-free (one flattened sequence, exact for a per-token loss).
 One MLflow run per SFT. It logs: params ``sft.mix``/``sft.data_run_id`` and the
 mix counts; ``mix/composition.json``; ``train/*`` curves at step = optimizer
 step; ``checkpoints/epoch-<n>/`` (adapter only) and ``resume/checkpoint-<step>/``
-(trainer state) per saved epoch; ``adapter/`` and the MLflow model ``model``;
+(trainer state) per saved epoch, of which the store keeps the newest while training and
+what ``cfg.checkpoints`` says once finished; ``adapter/`` and the MLflow model ``model``;
 ``sft/exact_match/<direction>`` (+ ``sft/base_exact_match/...``) on held-out
 synthetic problems. ``--run_id`` of an unfinished run resumes it from its last
 checkpoint. ``--num_processes N`` trains data-parallel via torchrun; only rank 0
@@ -163,7 +164,7 @@ def build_trainer(cfg: Config, records: list[Record], output_dir, callbacks=(), 
         callbacks=[
             common.MlflowMetricsCallback(),
             common.SaveEveryEpochsCallback(cfg.sft.save_every_epochs),
-            common.CheckpointLoggingCallback(common.epoch_checkpoint_name),
+            common.CheckpointLoggingCallback(common.epoch_checkpoint_name, checkpoints=cfg.checkpoints),
             *callbacks,
         ],
     )
@@ -220,6 +221,7 @@ def train(cfg: Config, data_run_id: str, mix: str, run_id: str, resume_from: str
     if metrics:
         mlflow.log_metrics(metrics)
     common.log_final_adapter(model, tokenizer, base_path)
+    common.finish_checkpoints(run_id, cfg.checkpoints)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     print(f"sft {mix}: {trainer.state.global_step} steps{'; ' + summary if summary else ''}")
 
@@ -267,6 +269,7 @@ def run_sft(cfg: Config, data_run_id: str = "", mix: str = "forward", run_id: st
         _check_resumable(run_id, cfg, data_run_id, mix)
     if cfg.sft.num_processes < 1:
         raise UserError(f"--num_processes {cfg.sft.num_processes}: expected 1 or more")
+    common.check_checkpoints_config(cfg.checkpoints)
     params = {"sft.mix": mix, "sft.data_run_id": data_run_id}
     with tracking.stage_run(STAGE, cfg, upstream={"invert": data_run_id}, params=params, run_id=run_id or None) as run:
         run_id = run.info.run_id

@@ -190,8 +190,8 @@ def _steps(client, run_id: str, key: str = "loss") -> list[int]:
 
 @pytest.fixture(scope="module")
 def dpo_run(micro_sft, micro_invert) -> str:
-    """An uninterrupted 4-step DPO over the SFT run (checkpoints at steps 2 and 4)."""
-    return dpo.run_dpo(micro_cfg(), sft_run_id=micro_sft, data_run_id=micro_invert)
+    """An uninterrupted 4-step DPO over the SFT run (checkpoints at steps 2 and 4; the store keeps the last)."""
+    return dpo.run_dpo(micro_cfg("checkpoints.keep_adapters=last"), sft_run_id=micro_sft, data_run_id=micro_invert)
 
 
 def test_one_run_logs_dpo_metrics_checkpoints_adapter_and_model(dpo_run, micro_sft, micro_invert, client, tmp_path):
@@ -210,8 +210,11 @@ def test_one_run_logs_dpo_metrics_checkpoints_adapter_and_model(dpo_run, micro_s
         assert abs(client.get_metric_history(dpo_run, tracking.metric_train(key))[0].value) <= TOL, key
 
     adapter_files = {"adapter_config.json", "adapter_model.safetensors"}
-    for path in ("checkpoints/step-2", "checkpoints/step-4", "adapter"):
+    for path in ("checkpoints/step-4", "adapter"):
         assert {a.path.split("/")[-1] for a in client.list_artifacts(dpo_run, path)} == adapter_files
+    # checkpoints.keep_adapters=last: step 2's adapter was deleted when step 4's was logged; no trainer state left.
+    assert [a.path for a in client.list_artifacts(dpo_run, tracking.ARTIFACT_CHECKPOINTS)] == ["checkpoints/step-4"]
+    assert client.list_artifacts(dpo_run, tracking.ARTIFACT_RESUME) == []
     # The result is one adapter (the policy) on the original base: same tensors as the SFT adapter, new values.
     final = load_file(tracking.download_artifact(dpo_run, "adapter/adapter_model.safetensors", str(tmp_path)))
     sft = load_file(tracking.download_artifact(micro_sft, "adapter/adapter_model.safetensors", str(tmp_path / "s")))
@@ -249,6 +252,9 @@ def test_killed_run_resumes_into_the_same_run(dpo_run, micro_sft, micro_invert, 
         order_by=["attributes.start_time DESC"],
     )[0]
     run_id = killed.info.run_id
+    # The killed run keeps its newest trainer state and the adapter it points to.
+    assert [a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_RESUME)] == ["resume/checkpoint-2"]
+    assert [a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_CHECKPOINTS)] == ["checkpoints/step-2"]
     output_dir = common.run_output_dir(run_id)
     # Under DeepSpeed (ZeRO-3 on GPUs) a checkpoint needs DeepSpeed's global_step<n>/ shards, which the store
     # lacks: a local one that has them is used, one without them and the store's copy are refused in one line.
@@ -270,6 +276,9 @@ def test_killed_run_resumes_into_the_same_run(dpo_run, micro_sft, micro_invert, 
     resumed = client.get_metric_history(run_id, tracking.metric_train("rewards/margins"))[-1].value
     uninterrupted = client.get_metric_history(dpo_run, tracking.metric_train("rewards/margins"))[-1].value
     assert resumed == pytest.approx(uninterrupted, rel=1e-3, abs=1e-5)
+    # Finished (defaults): nothing of its checkpoints left beyond adapter/.
+    assert client.list_artifacts(run_id, tracking.ARTIFACT_RESUME) == []
+    assert client.list_artifacts(run_id, tracking.ARTIFACT_CHECKPOINTS) == []
 
 
 def test_direct_dpo_one_direction_in_two_cpu_processes(micro_invert, client):

@@ -50,8 +50,10 @@ def test_experiment_trains_on_the_probe_set_in_nested_runs_and_logs_alp_per_epoc
     assert dpo.data.tags[tracking.tag_upstream("sft")] == sft.info.run_id
     assert dpo.data.params["dpo.beta"] == "0.2" and dpo.data.params["dpo.direction"] == "forward"
     assert client.get_metric_history(dpo.info.run_id, tracking.METRIC_DPO_PAIRS)[0].value == 8
-    names = {a.path for a in client.list_artifacts(dpo.info.run_id, tracking.ARTIFACT_CHECKPOINTS)}
-    assert names == {"checkpoints/epoch-1", "checkpoints/epoch-2"}
+    # Every epoch's adapter was scored (steps 1 and 2 below), then deleted (checkpoints.keep_adapters: none).
+    for child in (sft, dpo):
+        top = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert tracking.ARTIFACT_ADAPTER in top and not top & {tracking.ARTIFACT_CHECKPOINTS, tracking.ARTIFACT_RESUME}
     # Every test set (in and out of distribution) at steps 0..2 of both phases, margin = pos - neg.
     for phase in tracking.ALP_PHASES:
         for test in tracking.ALP_TESTS:
@@ -98,12 +100,20 @@ def test_figure_curves_are_read_from_the_logged_metrics(client, experiment_runs)
 
 
 def test_checkpoint_mode_scores_every_checkpoint_of_an_sft_run(client, micro_sft, micro_invert):
-    probe_id = run_probe(load_config("micro"), run_id=micro_sft)
+    from reverse_align.errors import UserError
+    from reverse_align.train.sft import run_sft
+
+    # A run trained with the defaults keeps no checkpoints once finished: refused in one line naming the setting.
+    with pytest.raises(UserError, match=r"has no checkpoints/<name>/ artifacts to score; .*checkpoints.keep_adapters=all"):
+        run_probe(load_config("micro"), run_id=micro_sft)
+    kept = run_sft(load_config("micro", ["sft.epochs=2", "checkpoints.keep_adapters=all"]), micro_invert, "forward")
+    probe_id = run_probe(load_config("micro"), run_id=kept)
     run = client.get_run(probe_id)
-    assert run.data.tags[tracking.tag_upstream("sft")] == micro_sft
+    assert run.data.tags[tracking.tag_upstream("sft")] == kept
     assert run.data.tags[tracking.tag_upstream("invert")] == micro_invert
-    checkpoints = [a.path.split("/")[-1] for a in client.list_artifacts(micro_sft, tracking.ARTIFACT_CHECKPOINTS)]
+    checkpoints = [a.path.split("/")[-1] for a in client.list_artifacts(kept, tracking.ARTIFACT_CHECKPOINTS)]
     epochs = sorted(int(name.split("-")[1]) for name in checkpoints)
+    assert epochs == [1, 2]
     pos = metric_steps(client, probe_id, tracking.metric_alp("sft", "pos", "forward"))
     assert sorted(pos) == [0, *epochs]
     assert {a.path for a in client.list_artifacts(probe_id, "figures")} == set(tracking.ALP_FIGURES.values())

@@ -91,8 +91,8 @@ def test_padding_free_loss_equals_padded_loss(micro_invert, tmp_path):
 
 @pytest.fixture(scope="module")
 def forward_run(micro_invert) -> str:
-    """An uninterrupted 2-epoch forward SFT on micro."""
-    return run_sft(micro("sft.epochs=2"), data_run_id=micro_invert, mix="forward")
+    """An uninterrupted 2-epoch forward SFT on micro that keeps its per-epoch adapters."""
+    return run_sft(micro("sft.epochs=2", "checkpoints.keep_adapters=all"), data_run_id=micro_invert, mix="forward")
 
 
 def _steps(client, run_id: str, key: str = "loss") -> list[int]:
@@ -117,10 +117,12 @@ def test_one_run_logs_curves_checkpoints_adapter_and_model(forward_run, micro_in
     for direction in ("forward", "reverse", "transfer"):
         assert 0 <= run.data.metrics[tracking.metric_sft_exact_match(direction)] <= 1
         assert tracking.metric_sft_exact_match(direction, base=True) in run.data.metrics
-    # A PEFT adapter per epoch and the final one, adapter files only (no base weights).
+    # A PEFT adapter per epoch (checkpoints.keep_adapters=all) and the final one, adapter files only (no base
+    # weights); no trainer state once finished (checkpoints.keep_resume=none).
     adapter_files = {"adapter_config.json", "adapter_model.safetensors"}
     for path in ("checkpoints/epoch-1", "checkpoints/epoch-2", "adapter"):
         assert {a.path.split("/")[-1] for a in client.list_artifacts(forward_run, path)} == adapter_files
+    assert client.list_artifacts(forward_run, tracking.ARTIFACT_RESUME) == []
 
     from peft import PeftModel
     from safetensors import safe_open
@@ -148,6 +150,33 @@ def test_one_run_logs_curves_checkpoints_adapter_and_model(forward_run, micro_in
         assert not torch.allclose(base_logits, peft_model(input_ids=ids).logits, atol=1e-4)
 
 
+class StoreAtEachSave(TrainerCallback):
+    """What the run's store holds under resume/ and checkpoints/ right after each checkpoint is logged."""
+
+    def __init__(self, client):
+        self.client, self.seen = client, []
+
+    def on_save(self, args, state, control, **kwargs):
+        run_id = mlflow.active_run().info.run_id
+        folders = (tracking.ARTIFACT_RESUME, tracking.ARTIFACT_CHECKPOINTS)
+        self.seen.append([sorted(a.path for a in self.client.list_artifacts(run_id, f)) for f in folders])
+
+
+def test_the_store_keeps_only_the_newest_resume_state_and_none_once_finished(micro_invert, client):
+    """Defaults (checkpoints.keep_*: none): one trainer state and its adapter while training, adapter/ at the end."""
+    store = StoreAtEachSave(client)
+    run_id = run_sft(micro("sft.epochs=3", "sft.exact_match_limit=0"), micro_invert, "forward", callbacks=[store])
+    steps = [STEPS_PER_EPOCH * epoch for epoch in (1, 2, 3)]
+    assert store.seen == [[[f"resume/checkpoint-{s}"], [f"checkpoints/epoch-{s // STEPS_PER_EPOCH}"]] for s in steps]
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert tracking.ARTIFACT_ADAPTER in top and not top & {tracking.ARTIFACT_RESUME, tracking.ARTIFACT_CHECKPOINTS}
+
+
+def test_bad_checkpoints_setting_is_one_line(micro_invert):
+    with pytest.raises(UserError, match="^checkpoints.keep_adapters 'some': expected one of all, last, none$"):
+        run_sft(micro("checkpoints.keep_adapters=some"), data_run_id=micro_invert, mix="forward")
+
+
 class CrashAtStep(TrainerCallback):
     """A real exception inside the real trainer at a given optimizer step (the 'kill')."""
 
@@ -172,6 +201,11 @@ def test_killed_run_resumes_into_the_same_run_without_duplicated_steps(forward_r
     run_id = killed.info.run_id
     # The crash comes after step `stop`'s update but before its log line.
     assert _steps(client, run_id) == list(range(1, stop))
+    # The killed run keeps its newest trainer state and adapter in the store.
+    assert [a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_RESUME)] == [
+        f"resume/checkpoint-{STEPS_PER_EPOCH}"
+    ]
+    assert [a.path for a in client.list_artifacts(run_id, tracking.ARTIFACT_CHECKPOINTS)] == ["checkpoints/epoch-1"]
     # The machine is gone too: resume from the checkpoint logged to MLflow.
     shutil.rmtree(common.run_output_dir(run_id))
 
@@ -188,6 +222,9 @@ def test_killed_run_resumes_into_the_same_run_without_duplicated_steps(forward_r
     final = client.get_metric_history(run_id, tracking.metric_train("loss"))[-1].value
     reference = client.get_metric_history(forward_run, tracking.metric_train("loss"))[-1].value
     assert final == pytest.approx(reference, rel=1e-3)
+    # Finished: the resumed run's trainer states and adapter checkpoints are gone from the store.
+    assert client.list_artifacts(run_id, tracking.ARTIFACT_RESUME) == []
+    assert client.list_artifacts(run_id, tracking.ARTIFACT_CHECKPOINTS) == []
 
 
 def test_two_cpu_processes_take_the_arithmetic_number_of_steps_logged_once(micro_invert, client):
@@ -199,7 +236,8 @@ def test_two_cpu_processes_take_the_arithmetic_number_of_steps_logged_once(micro
     # 64 examples / (batch 8 x 2 processes) = 4 optimizer steps per epoch.
     assert run.data.metrics["sft/global_steps"] == 64 // (8 * 2)
     assert _steps(client, run_id) == [1, 2, 3, 4]
-    assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/epoch-1"}
+    # Defaults: the finished run holds no checkpoints/ (its adapter/ is epoch 1's).
+    assert client.list_artifacts(run_id, "checkpoints") == []
     runs = client.search_runs(
         [client.get_experiment_by_name("reverse-align").experiment_id], f"params.`sft.num_processes` = '2'"
     )
