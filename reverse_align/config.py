@@ -257,14 +257,15 @@ class CheckpointsConfig:
     # deleted from the run's artifacts as soon as a newer one is logged (stores whose artifact repository deletes:
     # local files, an mlflow server's served artifacts; others keep everything, said once on stderr). Every
     # epoch's kept before: 112 MB of a 118 MB tiny SFT run, and on paper-7b 3.7 GB of adapter (1.19B parameters
-    # with the saved lm_head) a checkpoint; the whole tiny study 1.2 GB -> 135 MB, paper-7b 628 -> 162 GB
+    # with the saved lm_head) a checkpoint; the whole tiny study 1.2 GB -> 203 MB, paper-7b 628 -> 243 GB with the defaults
     # (bench/study_storage.py). Not in the config hash: what a run keeps does not change what it trained, so a
     # reused run keeps what it kept.
     # Adapter checkpoints (checkpoints/<name>/) left once the run FINISHED: "all" (every one, none deleted while
     # training either: `probe --run_id` scores them), "last" (the newest), "none" (only the final adapter/, the
     # last checkpoint's weights when training ends on a save). The probe's own runs keep all until it has scored
     # them, then what this says.
-    keep_adapters: str = "none"
+    # Default "last": INTERFACE.md lists checkpoints/<name>/ among an sft/dpo run's artifacts.
+    keep_adapters: str = "last"
     # Trainer states (optimizer, scheduler, RNG; resume/checkpoint-<step>/) left once the run FINISHED, which
     # nothing resumes: "none", "last" or "all" (every one, none deleted while training). A kept state keeps the
     # adapter it points to. A FAILED or killed run keeps its newest, to be resumed with --run_id.

@@ -24,8 +24,8 @@ def test_training_config_follows_the_probe_schedule_on_the_probe_set():
     assert (out.dpo.beta, out.dpo.save_every_epochs, out.dpo.train_set) == (0.2, 1, "probe")
     # 50 pairs over 4 processes x batch 1 = 13 batches each, accumulation 4 -> 4 optimizer steps an epoch, 7 epochs.
     assert out.dpo.max_steps == 7 * 4
-    # The probe scores every checkpoint of its runs: they keep them (a preset's default keeps none).
-    assert (cfg.checkpoints.keep_adapters, out.checkpoints.keep_adapters) == ("none", "all")
+    # The probe scores every checkpoint of its runs: they keep them (a preset's default keeps the newest).
+    assert (cfg.checkpoints.keep_adapters, out.checkpoints.keep_adapters) == ("last", "all")
     # The caller's config is untouched and the training runs hash differently from Table 1's.
     assert cfg.sft.train_set == "all" and cfg.dpo.beta == 0.6
     assert tracking.config_hash(out, "sft") != tracking.config_hash(cfg, "sft")
