@@ -35,3 +35,20 @@ def meet(cfg, **args) -> str:
             raise TimeoutError(f"{args['name']} waited alone")
         time.sleep(0.05)
     return f"{args['name']}@{os.getpid()}"
+
+
+def hold_gpus(cfg, **args) -> str:
+    """``<name>@<CUDA_VISIBLE_DEVICES>@<start>@<end>``: arrive in directory ``cfg``, wait (at most 120 s) until
+    two jobs have arrived, hold one second more. The first two meet; a third arrives when they have gone."""
+    from pathlib import Path
+
+    start = time.time()
+    place = Path(cfg)
+    (place / args["name"]).touch()
+    deadline = start + 120
+    while len(list(place.iterdir())) < 2:
+        if time.time() > deadline:
+            raise TimeoutError(f"{args['name']} waited alone")
+        time.sleep(0.05)
+    time.sleep(1.0)
+    return f"{args['name']}@{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}@{start}@{time.time()}"
