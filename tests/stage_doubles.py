@@ -52,3 +52,23 @@ def hold_gpus(cfg, **args) -> str:
         time.sleep(0.05)
     time.sleep(1.0)
     return f"{args['name']}@{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}@{start}@{time.time()}"
+
+
+def die_once(cfg, **args) -> str:
+    """The first call kills its own process (a lost worker, not an error); the next returns ``<name>@<pid>``."""
+    from pathlib import Path
+
+    with open(Path(cfg) / args["name"], "a") as attempts:
+        attempts.write(f"{os.getpid()}\n")
+    if len((Path(cfg) / args["name"]).read_text().split()) == 1:
+        os._exit(1)
+    return f"{args['name']}@{os.getpid()}"
+
+
+def bad_input_counted(cfg, **args) -> str:
+    """Bad input, each call counted in ``<cfg>/<name>``."""
+    from pathlib import Path
+
+    with open(Path(cfg) / args["name"], "a") as attempts:
+        attempts.write(f"{os.getpid()}\n")
+    raise UserError("--beta -1: must be positive")

@@ -81,6 +81,18 @@ def test_a_stage_needing_more_gpus_than_any_node_is_refused_in_one_line(tmp_path
         run_graph(jobs, 2, tmp_path, lambda *_: None, say=lambda _: None)
 
 
+def test_ray_reruns_a_stage_whose_worker_died_but_never_one_that_raised(tmp_path):
+    jobs = [Job("sft.a", "stage_doubles:die_once", str(tmp_path), {"name": "a"}),
+            Job("sft.b", "stage_doubles:bad_input_counted", str(tmp_path), {"name": "b"})]  # fmt: skip
+    with pytest.raises(UserError, match=r"^stage sft\.b: --beta -1: must be positive$"):
+        run_graph(jobs, 2, tmp_path / "logs", lambda *_: None, say=lambda _: None)
+    assert len((tmp_path / "b").read_text().split()) == 1  # bad input: once
+    dead, alive = (tmp_path / "a").read_text().split()  # the lost worker, then its rerun in another process
+    assert dead != alive
+    outcome = run_graph(jobs[:1], 1, tmp_path / "logs", lambda *_: None, say=lambda _: None)["sft.a"]
+    assert outcome.run_id == f"a@{(tmp_path / 'a').read_text().split()[-1]}"
+
+
 def test_a_finished_run_is_reused_and_unlocks_what_needs_it(tmp_path):
     jobs = graph()
     jobs[0].find = lambda done: "data-run-7"
