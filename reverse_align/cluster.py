@@ -57,12 +57,12 @@ def connect(given: str = "", num_cpus: int | None = None, num_gpus: float | None
     where = address(given)
     quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
     if where:
+        _require_listening(where)
         try:
             ray.init(address=where, **quiet)
-        except ImportError as exc:
-            raise UserError(f"--ray_address {where}: Ray Client needs pip install 'ray[client]' ({exc})") from None
-        except ConnectionError as exc:
-            raise UserError(f"--ray_address {where}: no Ray cluster there ({str(exc).splitlines()[0]})") from None
+        except (ImportError, ValueError, ConnectionError, SystemExit) as exc:  # Ray Client missing; nobody there
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"--ray_address {where}: cannot join a Ray cluster there ({first})") from None
         return True
     # "local": never join another user's `ray start` cluster found in /tmp/ray by accident.
     ray.init(
@@ -73,6 +73,20 @@ def connect(given: str = "", num_cpus: int | None = None, num_gpus: float | None
         **quiet,
     )  # fmt: skip
     return True
+
+
+def _require_listening(where: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` or ``ray://host:port`` address that nobody listens on: bad input now, not Ray's
+    minutes of retrying (``auto`` is Ray's to find)."""
+    import socket
+
+    host, _, port = where.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"--ray_address {where}: no Ray cluster listens there ({exc})") from None
 
 
 def disconnect(started: bool) -> None:

@@ -309,10 +309,10 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = ""
     base_list = parse_bases(bases, cfg)
     if cfg.main.jobs < 1:
         raise UserError(f"main.jobs={cfg.main.jobs}: need at least 1 stage at a time")
-    tracking.setup()
     # One Ray cluster for both graphs below (a local one is shut down at the end, a joined one goes on).
     started_ray = cluster.connect(ray_address)
     try:
+        tracking.setup()
         return _run_main(cfg, rerun, seed_list, base_list)
     finally:
         cluster.disconnect(started_ray)

@@ -194,3 +194,18 @@ def test_each_stage_asks_for_the_gpus_its_config_trains_on():
     assert gpus(load_config("paper-14b"))["sft.forward.seed0"] == 8
     assert gpus(load_config("paper-7b", ["sweep.workers=2"]))["sweep"] == 0  # each worker task asks for its own
     assert set(gpus(load_config("micro")).values()) == {0}  # tiny presets: CPU threads only
+
+
+def test_a_ray_address_nobody_listens_on_is_bad_input_in_one_line():
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("main", "--preset", "micro", "--ray_address", f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --ray_address 127.0.0.1:{port}: no Ray cluster listens there ([Errno 111] Connection refused)"
+    ]
