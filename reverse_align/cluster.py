@@ -64,6 +64,10 @@ def connect(given: str = "", num_cpus: int | None = None, num_gpus: float | None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"--ray_address {where}: cannot join a Ray cluster there ({first})") from None
         return True
+    # Ray starts its workers at niceness 15 (RAY_worker_niceness), under every other process of the machine:
+    # on 2 shared cores that made the micro main 1.9x slower than the process pool before it. The stages
+    # are this command's work, so they run at its priority, as the pool's workers did.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # "local": never join another user's `ray start` cluster found in /tmp/ray by accident.
     ray.init(
         address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,

@@ -108,11 +108,11 @@ def _stage_task(spec: dict) -> dict:
     import ray
 
     with cluster.carried(spec["env"], spec["cwd"], spec["gpus"]):
-        result = {"node": ray.util.get_node_ip_address(), "pid": os.getpid(),
-                  "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "started": time.time()}  # fmt: skip
         import torch
 
         torch.set_num_threads(spec["threads"])
+        result = {"node": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                  "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "started": time.time()}  # fmt: skip
         log_path = Path(spec["log"])
         with contextlib.suppress(OSError):
             log_path.parent.mkdir(parents=True, exist_ok=True)
