@@ -54,6 +54,7 @@ STAGES: dict[str, Stage] = {
             Param("seeds", "training seeds per SFT/DPO/eval cell: a count (3) or a list (0,1,2); default main.seeds"),
             Param("bases", "tiny base models (pretrain seeds) per study: a count (3) or a list (0,1,2); default main.bases"),
             Param("jobs", "stages run side by side", config="main.jobs"),
+            Param("ray_address", "Ray cluster to run the stages on: auto, ray://host:10001 (empty: RAY_ADDRESS, else this machine)"),
         ),
     ),
     "data": Stage(
@@ -154,7 +155,8 @@ STAGES: dict[str, Stage] = {
             Param("n_trials", "completed trials to reach (0: the whole grid)", config="sweep.n_trials"),
             Param("objective", "eval_average or exact_match", config="sweep.objective"),
             Param("storage", "Optuna storage: RDB URL or journal:PATH (empty: optuna.db beside mlflow.db)", config="sweep.storage"),
-            Param("workers", "worker processes on this study", config="sweep.workers"),
+            Param("workers", "workers on this study (Ray tasks, each with a trial's GPUs)", config="sweep.workers"),
+            Param("ray_address", "Ray cluster of the workers: auto, ray://host:10001 (empty: RAY_ADDRESS, else this machine)"),
             Param("sampler", "grid, tpe or tpe_log", config="sweep.sampler"),
             Param("max_steps", "DPO optimizer steps of each trial", config="dpo.max_steps"),
         ),

@@ -383,9 +383,10 @@ class MainConfig:
     # kernels) makes another one, so a tiny-world verdict needs several. Paper presets: 1 (their base is
     # the released model). `--bases` on main.
     bases: int = 1
-    # Stages run side by side, each with (CPU cores // jobs) torch threads. Not from the paper: on
-    # 2 CPU cores two one-thread stages do 1.4x the work of one two-thread stage (the tiny model's
-    # matrices are too small to split well); GPU presets run one stage at a time on all GPUs.
+    # Stages in flight at once (Ray tasks), each with (the largest node's CPU cores // jobs) torch threads
+    # and, on GPU presets, the GPUs its processes train on (pipeline.stage_gpus); Ray holds a stage back
+    # until its GPUs are free. Not from the paper: on 2 CPU cores two one-thread stages do 1.4x the work
+    # of one two-thread stage (the tiny model's matrices are too small to split well).
     jobs: int = 1
 
 

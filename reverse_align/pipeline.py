@@ -17,7 +17,9 @@ A stage whose FINISHED run with the same preset, inputs, parameters and config
 (``force=true`` reruns everything). Each stage run is a child of the `main` run
 in the MLflow UI; the `main` run tags them all (``reverse_align.upstream.<key>``)
 and keeps the map in ``main/stages.json`` with each stage's wall time, which
-the report reads. Independent stages run side by side (``main.jobs``).
+the report reads. Independent stages run side by side (``main.jobs``) as Ray
+tasks (reverse_align/scheduler.py), each asking for the GPUs its config trains
+on (:func:`stage_gpus`); ``ray_address`` (or ``RAY_ADDRESS``) joins a cluster.
 """
 
 from __future__ import annotations
@@ -120,6 +122,25 @@ def base_key(name: str, base: int, bases: list[int]) -> str:
 def replicate_key(name: str, base: int, seed: int, bases: list[int]) -> str:
     """A job of one (base, training seed) replicate: ``sft.forward.seed0``, or ``sft.forward.base1.seed0``."""
     return f"{name}.seed{seed}" if len(bases) == 1 else f"{name}.base{base}.seed{seed}"
+
+
+def stage_gpus(stage: str, cfg: Config) -> int:
+    """GPUs a stage of the study asks Ray for: its training processes on presets that train on GPUs.
+
+    sft and dpo: their ``num_processes`` (torchrun's processes, one GPU each); probe: the larger of the two
+    (it trains the real sft and dpo stages); evaluate: 1; sweep: a trial's DPO processes when its one worker
+    trains inside the stage (more workers are Ray tasks of their own, each asking for that share). data,
+    invert, promote and report: 0. Tiny presets train on CPU threads: 0 everywhere.
+    """
+    if cfg.model.name == TINY_BASE:
+        return 0
+    training = {"sft": cfg.sft.num_processes, "dpo": cfg.dpo.num_processes}
+    return {
+        **training,
+        "probe": max(training.values()),
+        "evaluate": 1,
+        "sweep": cfg.dpo.num_processes if cfg.sweep.workers == 1 else 0,
+    }.get(stage, 0)
 
 
 def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None = None, rerun: bool = False) -> list[Job]:
@@ -244,6 +265,11 @@ def plan(cfg: Config, seeds: list[int], parent_id: str, bases: list[int] | None 
         "report", "reverse_align.report.stage:run_report", cfg,
         {"experiment": tracking.experiment_name(), "main_run_id": parent_id}, after=tuple(job.key for job in jobs),
     ))  # fmt: skip
+    stage_of = {"train.pretrain": "pretrain", "data.stage": "data", "data.invert": "invert", "train.sft": "sft",
+                "train.dpo": "dpo", "probe.stage": "probe", "eval.stage": "evaluate", "sweep": "sweep"}  # fmt: skip
+    for job in jobs:
+        module = job.target.partition(":")[0].removeprefix("reverse_align.")
+        job.gpus = stage_gpus(stage_of.get(module, ""), job.cfg)
     return jobs
 
 
@@ -260,18 +286,12 @@ def champion() -> dict:
 def log_dir(parent_id: str) -> Path:
     """Where stages running side by side write their output.
 
-    Logged to the main run at the end; removed after a finished study, kept after a failure
-    (its error line names the failed stage's log there).
+    Each stage's task logs its own to the main run (``main/logs/``) from the node that ran it; the folder is
+    removed after a finished study, kept after a failure (its error line names the failed stage's log there).
     """
     from reverse_align.models import cache_dir
 
     return cache_dir() / "main-logs" / parent_id
-
-
-def _log_stage_logs(client, parent_id: str) -> None:
-    logs = log_dir(parent_id)
-    if logs.is_dir() and any(logs.iterdir()):
-        client.log_artifacts(parent_id, str(logs), tracking.ARTIFACT_MAIN_LOGS)
 
 
 def ui_hint(experiment_id: str) -> str:
@@ -282,17 +302,32 @@ def ui_hint(experiment_id: str) -> str:
     return f"{command}  then open {tracking.ui_url(experiment_id)}"
 
 
-def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = "") -> str:
-    import mlflow
-
-    from reverse_align import launcher as launchers
+def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = "", ray_address: str = "") -> str:
+    """The study; ``ray_address``: the Ray cluster to run it on (``auto``, ``ray://host:10001``; empty: RAY_ADDRESS,
+    else a local cluster of this machine)."""
+    from reverse_align import cluster
 
     rerun = str(force).lower() in ("1", "true", "yes")
     seed_list = parse_seeds(seeds, cfg)
     base_list = parse_bases(bases, cfg)
     if cfg.main.jobs < 1:
         raise UserError(f"main.jobs={cfg.main.jobs}: need at least 1 stage at a time")
-    tracking.setup()
+    # One Ray cluster for both graphs below (a local one is shut down at the end, a joined one goes on).
+    started_ray = cluster.connect(ray_address)
+    try:
+        tracking.setup()
+        return _run_main(cfg, rerun, seed_list, base_list)
+    finally:
+        cluster.disconnect(started_ray)
+
+
+def _run_main(cfg: Config, rerun: bool, seed_list: list[int], base_list: list[int]) -> str:
+    import mlflow
+
+    from reverse_align import cluster
+    from reverse_align import launcher as launchers
+
+    cluster.require_reachable_store(tracking.tracking_uri())
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment_name())
     # `mlflow run . -e main`: its launcher run is the main run when it is in our experiment, else (Default)
@@ -312,8 +347,8 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = ""
     client.log_param(parent_id, "main.bases", ",".join(map(str, base_list)))
     client.log_param(parent_id, "main.jobs", cfg.main.jobs)
     os.environ[tracking.ENV_PARENT_RUN_ID] = parent_id
-    record = {"preset": cfg.preset, "seeds": seed_list,
-              "bases": base_list if cfg.model.name == TINY_BASE else [], "runs": {}, "champion": {}, "seconds": {}, "reused": []}
+    record = {"preset": cfg.preset, "seeds": seed_list, "bases": base_list if cfg.model.name == TINY_BASE else [],
+              "runs": {}, "champion": {}, "seconds": {}, "reused": [], "placement": {}}  # fmt: skip
     started = time.perf_counter()
 
     def on_done(key: str, outcome: Outcome) -> None:
@@ -325,6 +360,8 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = ""
         record["seconds"][key] = round(outcome.seconds, 1)
         if outcome.reused:
             record["reused"].append(key)
+        else:  # where Ray ran it: the node and the GPUs it was given
+            record["placement"][key] = {"node": outcome.node, "gpus": outcome.devices}
         client.log_dict(parent_id, record, tracking.ARTIFACT_MAIN_STAGES)
 
     try:
@@ -333,17 +370,17 @@ def run_main(cfg: Config, force: str = "false", seeds: str = "", bases: str = ""
         # core (a 2-thread pretrain is 1.4x a 1-thread one), several split them.
         bases_first = [job for job in jobs if job.key.split(".")[0] == "pretrain"]
         if bases_first:
-            run_graph(bases_first, min(cfg.main.jobs, len(bases_first)), log_dir(parent_id), on_done, rerun=rerun)
+            run_graph(bases_first, min(cfg.main.jobs, len(bases_first)), log_dir(parent_id), on_done, rerun=rerun,
+                      log_run=parent_id)  # fmt: skip
             built = {job.key for job in bases_first}
             jobs = [replace(job, after=tuple(k for k in job.after if k not in built)) for job in jobs if job.key not in built]
-        run_graph(jobs, cfg.main.jobs, log_dir(parent_id), on_done, rerun=rerun)
+        run_graph(jobs, cfg.main.jobs, log_dir(parent_id), on_done, rerun=rerun, log_run=parent_id)
     except BaseException as exc:
         client.set_tag(parent_id, tracking.TAG_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         os.environ.pop(tracking.ENV_PARENT_RUN_ID, None)
-        _log_stage_logs(client, parent_id)
         if launcher and launcher != parent_id:
             launchers.retire(launcher, parent_id)
     seconds = time.perf_counter() - started

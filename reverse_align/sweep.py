@@ -16,8 +16,11 @@ only the trials still missing. ``n_trials`` counts COMPLETED trials.
   worker killed mid-trial leaves its trial RUNNING; the stale trial is failed
   (RDB: heartbeat older than ``grace_period``; journal: its worker pid is gone
   on this host) and retried ``max_retry`` times with the same beta.
-- ``--workers N`` starts N processes on the study; other machines join with
-  the same command and an RDB URL.
+- ``--workers N`` runs N workers on the study as Ray tasks (reverse_align/cluster.py: a local cluster, or
+  ``--ray_address`` / ``RAY_ADDRESS``), each asking for a trial's GPUs (dpo.num_processes on GPU presets,
+  none on tiny) and an equal share of a node's cores; Ray reruns a worker whose process or node was lost
+  (its trial goes stale and is retried as above). Other machines also join with the same command and an
+  RDB URL. One worker trains in the stage's own process.
 
 The parent run holds metrics ``sweep/best_beta``, ``sweep/best_value``, tag
 ``reverse_align.sweep.best_run_id``, ``sweep/trials.csv`` and
@@ -37,8 +40,8 @@ import math
 import os
 import time
 
+from reverse_align import cluster, tracking
 from reverse_align import launcher as launchers
-from reverse_align import tracking
 from reverse_align.config import Config
 from reverse_align.environment import lock_sha256
 from reverse_align.errors import UserError
@@ -277,33 +280,59 @@ def work(cfg: Config, sft_run_id: str, data_run_id: str, parent_id: str, name: s
                 raise RuntimeError(f"{failures} trials in a row failed in this worker; last: {exc}") from exc
 
 
-def worker_main(spec_path: str) -> None:
-    """Entry point of a spawned worker (``--workers N``)."""
-    from pathlib import Path
+def _worker_task(spec: dict) -> dict:
+    """Body of one worker's Ray task; the worker's own errors come back as ``status`` (Ray retries lost workers only)."""
+    import traceback
+
+    import torch
 
     from reverse_align.train.common import config_from_dict
 
-    spec = json.loads(Path(spec_path).read_text())
-    work(config_from_dict(spec["config"]), **spec["kwargs"])
+    with cluster.carried(spec["env"], spec["cwd"], spec["gpus"]):
+        torch.set_num_threads(spec["threads"])
+        try:
+            work(config_from_dict(spec["config"]), **spec["kwargs"])
+        except UserError as exc:
+            return {"status": "user_error", "message": str(exc), "worker": worker_id()}
+        except Exception as exc:  # noqa: BLE001 - its traceback in the worker's output; the driver names it
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return {"status": "failed", "message": message, "worker": worker_id()}
+        return {"status": "done", "worker": worker_id()}
 
 
-def launch_workers(cfg: Config, kwargs: dict, n: int) -> None:
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
+def launch_workers(cfg: Config, kwargs: dict, n: int, ray_address: str = "") -> None:
+    """``n`` workers on the study as Ray tasks, each with a trial's GPUs; waits for all of them."""
+    import ray
 
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "sweep.json"
-        spec.write_text(json.dumps({"config": dataclasses.asdict(cfg), "kwargs": kwargs}))
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        procs = [subprocess.Popen([sys.executable, "-m", "reverse_align.sweep", str(spec)], env=env) for _ in range(n)]
-        codes = [p.wait() for p in procs]
-    if any(codes):
-        raise RuntimeError(f"sweep workers exited with codes {codes}")
+    from reverse_align.pipeline import stage_gpus
+
+    started = cluster.connect(ray_address)
+    try:
+        node_cpus, node_gpus = cluster.largest_node()
+        gpus = stage_gpus("dpo", cfg)
+        if gpus > node_gpus:
+            raise UserError(
+                f"--workers {n}: a trial needs {gpus} GPUs and the largest node of the Ray cluster has {node_gpus:g}"
+            )
+        threads = max(1, int(node_cpus) // n)
+        spec = {"config": dataclasses.asdict(cfg), "kwargs": kwargs, "env": cluster.stage_env(), "cwd": os.getcwd(),
+                "gpus": gpus, "threads": threads}  # fmt: skip
+        refs = [cluster.task(_worker_task, threads, gpus).remote(spec) for _ in range(n)]
+        results = []
+        for ref in refs:
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:  # its worker or node lost, retries spent
+                results.append({"status": "failed", "message": f"lost: {type(exc).__name__}", "worker": "?"})
+    finally:
+        cluster.disconnect(started)
+    for result in results:
+        if result["status"] == "user_error":
+            raise UserError(result["message"])
+    failed = [f"{r['worker']}: {r['message']}" for r in results if r["status"] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} sweep workers failed: {'; '.join(failed)}")
 
 
 # ---------------------------------------------------------------- parent run
@@ -408,8 +437,11 @@ def summarize(cfg: Config, study, parent_id: str) -> dict:
 # ---------------------------------------------------------------- stage
 
 
-def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
-    """The stage: create or resume the study, run trials in ``workers`` processes, summarize. Returns the parent run id."""
+def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "", ray_address: str = "") -> str:
+    """The stage: create or resume the study, run trials in ``workers`` workers, summarize. Returns the parent run id.
+
+    ``ray_address``: the Ray cluster of the workers when there are several (empty: RAY_ADDRESS, else this machine;
+    inside `main` the cluster main runs on)."""
     import mlflow
     import optuna
 
@@ -441,7 +473,7 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     kwargs = {"sft_run_id": sft_run_id, "data_run_id": data_run_id, "parent_id": parent_id, "name": name}
     try:
         if cfg.sweep.workers > 1:
-            launch_workers(cfg, kwargs, cfg.sweep.workers)
+            launch_workers(cfg, kwargs, cfg.sweep.workers, ray_address)
         else:
             work(cfg, **kwargs)
         summary = summarize(cfg, study, parent_id)
@@ -460,9 +492,3 @@ def run_sweep(cfg: Config, sft_run_id: str = "", data_run_id: str = "") -> str:
     if "verdict" in summary:
         print(f"[sweep] {summary['verdict']}")
     return parent_id
-
-
-if __name__ == "__main__":
-    import sys
-
-    worker_main(sys.argv[1])

@@ -35,3 +35,40 @@ def meet(cfg, **args) -> str:
             raise TimeoutError(f"{args['name']} waited alone")
         time.sleep(0.05)
     return f"{args['name']}@{os.getpid()}"
+
+
+def hold_gpus(cfg, **args) -> str:
+    """``<name>@<CUDA_VISIBLE_DEVICES>@<start>@<end>``: arrive in directory ``cfg``, wait (at most 120 s) until
+    two jobs have arrived, hold one second more. The first two meet; a third arrives when they have gone."""
+    from pathlib import Path
+
+    start = time.time()
+    place = Path(cfg)
+    (place / args["name"]).touch()
+    deadline = start + 120
+    while len(list(place.iterdir())) < 2:
+        if time.time() > deadline:
+            raise TimeoutError(f"{args['name']} waited alone")
+        time.sleep(0.05)
+    time.sleep(1.0)
+    return f"{args['name']}@{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}@{start}@{time.time()}"
+
+
+def die_once(cfg, **args) -> str:
+    """The first call kills its own process (a lost worker, not an error); the next returns ``<name>@<pid>``."""
+    from pathlib import Path
+
+    with open(Path(cfg) / args["name"], "a") as attempts:
+        attempts.write(f"{os.getpid()}\n")
+    if len((Path(cfg) / args["name"]).read_text().split()) == 1:
+        os._exit(1)
+    return f"{args['name']}@{os.getpid()}"
+
+
+def bad_input_counted(cfg, **args) -> str:
+    """Bad input, each call counted in ``<cfg>/<name>``."""
+    from pathlib import Path
+
+    with open(Path(cfg) / args["name"], "a") as attempts:
+        attempts.write(f"{os.getpid()}\n")
+    raise UserError("--beta -1: must be positive")

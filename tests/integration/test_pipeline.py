@@ -39,6 +39,11 @@ def test_main_runs_the_whole_study_side_by_side_then_reuses_it(micro_base, clien
     record = stage_map(client, first)
     assert set(record["runs"]) == STUDY
     assert record["seeds"] == [0, 1] and not record["reused"][1:]
+    # Every stage ran as a Ray task on this machine's one node, with no GPU (micro trains on CPU threads).
+    placement = record["placement"]
+    ran = (set(record["runs"]) | {"promote"}) - set(record["reused"])
+    assert set(placement) == ran and len({p["node"] for p in placement.values()}) == 1
+    assert {p["gpus"] for p in placement.values()} == {""}
     tags = {k.removeprefix(tracking.TAG_UPSTREAM_PREFIX): v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_UPSTREAM_PREFIX)}
     assert tags == record["runs"]
     pretrain = record["runs"]["pretrain"]

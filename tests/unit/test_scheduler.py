@@ -1,11 +1,21 @@
-"""`main`'s scheduler: dependencies, side-by-side stages, reuse, and failures that stop the chain."""
+"""`main`'s scheduler on a real local Ray cluster: dependencies, side-by-side stages, GPUs, reuse, and
+failures that stop the chain."""
 
 import pytest
 
+from reverse_align import cluster
 from reverse_align.errors import UserError
 from reverse_align.scheduler import Job, Ref, StageFailed, run_graph
 
 ECHO = "stage_doubles:echo"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    """One local Ray cluster for the module: 4 CPUs and 8 logical GPUs (this machine has none)."""
+    started = cluster.connect(num_cpus=4, num_gpus=8)
+    yield
+    cluster.disconnect(started)
 
 
 def graph(wait: float = 0.0, failing: str | None = None, target: str = "stage_doubles:bad_input") -> list[Job]:
@@ -42,6 +52,45 @@ def test_two_jobs_run_side_by_side_in_two_worker_processes(tmp_path):
     with pytest.raises(StageFailed, match="TimeoutError: a waited alone"):  # one at a time, they cannot meet
         run_graph([Job("sft.a", "stage_doubles:meet", meeting, {"name": "a", "others": "c", "patience": "1"})], 2, tmp_path / "logs",
                   lambda *_: None, say=lambda _: None)  # fmt: skip
+
+
+def test_two_4_gpu_stages_run_at_once_on_disjoint_gpus_and_a_third_waits(tmp_path):
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    jobs = [Job(f"sft.{n}", "stage_doubles:hold_gpus", str(meeting), {"name": n}, gpus=4) for n in "abc"]
+    jobs.append(Job("data", ECHO, 0.0, {"name": "data"}))  # no GPU: sees none
+    outcomes = run_graph(jobs, 4, tmp_path / "logs", lambda *_: None, say=lambda _: None)
+    spans = {}
+    for key, outcome in outcomes.items():
+        if key.startswith("sft."):
+            name, devices, start, end = outcome.run_id.split("@")
+            spans[name] = (set(devices.split(",")), float(start), float(end))
+            assert outcome.devices == devices  # what Ray gave the task is what the stage saw
+    assert outcomes["data"].devices == ""
+    first, second, third = sorted(spans.values(), key=lambda span: span[1])
+    assert all(len(devices) == 4 for devices, _, _ in spans.values())
+    assert first[0] | second[0] == {str(i) for i in range(8)}  # disjoint halves of the 8 GPUs
+    assert second[1] < first[2] and first[1] < second[2]  # they overlapped (each waited for the other)
+    gone_first = min(first, second, key=lambda span: span[2])
+    assert third[1] >= gone_first[2] and third[0] in (first[0], second[0])  # waited, then took freed GPUs
+
+
+def test_a_stage_needing_more_gpus_than_any_node_is_refused_in_one_line(tmp_path):
+    jobs = [Job("data", ECHO, 0.0, {"name": "data"}), Job("sft.a", ECHO, 0.0, {"name": "a"}, gpus=16)]
+    with pytest.raises(UserError, match=r"^stage sft\.a: needs 16 GPUs and the largest node of the Ray cluster has 8$"):
+        run_graph(jobs, 2, tmp_path, lambda *_: None, say=lambda _: None)
+
+
+def test_ray_reruns_a_stage_whose_worker_died_but_never_one_that_raised(tmp_path):
+    jobs = [Job("sft.a", "stage_doubles:die_once", str(tmp_path), {"name": "a"}),
+            Job("sft.b", "stage_doubles:bad_input_counted", str(tmp_path), {"name": "b"})]  # fmt: skip
+    with pytest.raises(UserError, match=r"^stage sft\.b: --beta -1: must be positive$"):
+        run_graph(jobs, 2, tmp_path / "logs", lambda *_: None, say=lambda _: None)
+    assert len((tmp_path / "b").read_text().split()) == 1  # bad input: once
+    dead, alive = (tmp_path / "a").read_text().split()  # the lost worker, then its rerun in another process
+    assert dead != alive
+    outcome = run_graph(jobs[:1], 1, tmp_path / "logs", lambda *_: None, say=lambda _: None)["sft.a"]
+    assert outcome.run_id == f"a@{(tmp_path / 'a').read_text().split()[-1]}"
 
 
 def test_a_finished_run_is_reused_and_unlocks_what_needs_it(tmp_path):
@@ -128,3 +177,35 @@ def test_paper_presets_have_one_base():
     assert parse_bases("", load_config("paper-7b")) == [0]
     with pytest.raises(UserError, match="only tiny presets pretrain"):
         parse_bases("2", load_config("paper-7b"))
+
+
+def test_each_stage_asks_for_the_gpus_its_config_trains_on():
+    from reverse_align.config import load_config
+    from reverse_align.pipeline import plan
+
+    def gpus(cfg) -> dict:
+        return {job.key: job.gpus for job in plan(cfg, [0], "parent")}
+
+    paper = gpus(load_config("paper-7b"))  # sft and dpo on 4 processes
+    assert {k: paper[k] for k in ("sft.reverse.seed0", "dpo.direct.seed0", "probe.mixed", "eval.base", "sweep")} == {
+        "sft.reverse.seed0": 4, "dpo.direct.seed0": 4, "probe.mixed": 4, "eval.base": 1, "sweep": 4,
+    }  # fmt: skip
+    assert all(paper[k] == 0 for k in ("data", "invert", "promote", "report"))
+    assert gpus(load_config("paper-14b"))["sft.forward.seed0"] == 8
+    assert gpus(load_config("paper-7b", ["sweep.workers=2"]))["sweep"] == 0  # each worker task asks for its own
+    assert set(gpus(load_config("micro")).values()) == {0}  # tiny presets: CPU threads only
+
+
+def test_a_ray_address_nobody_listens_on_is_bad_input_in_one_line():
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("main", "--preset", "micro", "--ray_address", f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --ray_address 127.0.0.1:{port}: no Ray cluster listens there ([Errno 111] Connection refused)"
+    ]
