@@ -107,4 +107,13 @@ if __name__ == "__main__":
     tables = list(args.tables) + (tables_of_run(args.run_id, args.tracking_uri) if args.run_id else [])
     if not tables:
         parser.error("give tables or --run_id")
-    main(tables, args.old, not args.marker_optional)
+    marker_required = not args.marker_optional
+    if args.run_id:
+        import mlflow
+
+        from reverse_align import tracking
+
+        # A run graded in chat format (the base model, direct DPO) read its answers whole: regrade them so.
+        params = mlflow.MlflowClient(args.tracking_uri).get_run(args.run_id).data.params
+        marker_required = marker_required and params.get(tracking.PARAM_EVAL_FORMAT, "s1") != "chat"
+    main(tables, args.old, marker_required)
