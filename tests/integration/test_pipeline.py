@@ -141,6 +141,7 @@ def test_a_failure_names_its_stage_and_the_rerun_continues_from_it(micro_base, c
 
     from reverse_align.pipeline import plan
 
+    runs = record["runs"]
     old = client.get_run(runs["eval.base"])
     stale = client.create_run(old.info.experiment_id, tags={k: v for k, v in old.data.tags.items()})
     params = [Param(k, v) for k, v in old.data.params.items() if not k.startswith(tracking.PARAM_EVAL_GENERATION)]
@@ -148,7 +149,7 @@ def test_a_failure_names_its_stage_and_the_rerun_continues_from_it(micro_base, c
     client.log_batch(stale.info.run_id, params=params)
     client.set_terminated(stale.info.run_id)
     client.delete_run(old.info.run_id)
-    job = next(j for j in plan(cfg, [0], parent_id=first) if j.key == "eval.base")
+    job = next(j for j in plan(fixed, [0], parent_id=failed.info.run_id) if j.key == "eval.base")
     assert job.find({"data": runs["data"]}) is None
     client.restore_run(old.info.run_id)
     assert job.find({"data": runs["data"]}) == old.info.run_id
