@@ -151,7 +151,7 @@ def errors_text(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--bases", type=int, default=5)
+    parser.add_argument("--bases", default="5", help="a count (pretrain.seed 0..N-1) or a list of seeds: 1,2")
     parser.add_argument("--kernels", default="default,avx2")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
@@ -164,7 +164,8 @@ def main() -> None:
         return
 
     kernels = args.kernels.split(",")
-    jobs = [(k, s) for k in kernels for s in range(args.bases)]
+    seeds = [int(b) for b in args.bases.split(",")] if "," in args.bases else list(range(int(args.bases)))
+    jobs = [(k, s) for k in kernels for s in seeds]
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: run_cell(args.preset, args.overrides, job[1], job[0]), jobs))
@@ -172,7 +173,7 @@ def main() -> None:
     by_kernel = {k: [r for (kk, _), r in zip(jobs, results) if kk == k] for k in kernels}
     summaries = {k: summarise(rows) for k, rows in by_kernel.items()}
 
-    print(f"preset {args.preset} {' '.join(args.overrides)}: {args.bases} bases (pretrain.seed 0-{args.bases - 1}) "
+    print(f"preset {args.preset} {' '.join(args.overrides)}: {len(seeds)} bases (pretrain.seed {','.join(map(str, seeds))}) "
           f"x kernels {kernels}, {wall:.0f} s wall, {args.jobs} at once, 1 torch thread each")
     for kernel, rows in by_kernel.items():
         print(f"\n{kernel} kernels (torch reports {rows[0]['torch_cpu_capability']}):")
