@@ -93,21 +93,20 @@ def build(work: Path, cfg, hidden: int, layers: int, sft_steps: int, records) ->
     """Random Qwen2 base, an SFT LoRA trained briefly at A.4.1's rate, and that adapter merged (for full FT)."""
     import torch
     from peft import get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from reverse_align.config import load_config
     from reverse_align.formatting import chat_messages
     from reverse_align.train.common import peft_lora_config
-    from reverse_align.train.pretrain import build_tokenizer
+    from reverse_align.train.pretrain import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(cfg.__class__())  # the tiny world's tokenizer (default config = tiny)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 2.75),
-        num_hidden_layers=layers, num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(1, hidden // 256),
-        max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
+    # The tiny base's own builder at the bench's shape (untied lm_head, seed 0), random init.
+    shape = load_config("tiny", [
+        f"pretrain.hidden_size={hidden}", f"pretrain.intermediate_size={int(hidden * 2.75)}",
+        f"pretrain.num_layers={layers}", f"pretrain.num_heads={max(2, hidden // 64)}",
+        f"pretrain.num_kv_heads={max(1, hidden // 256)}", "pretrain.max_position_embeddings=512", "pretrain.seed=0",
+    ])  # fmt: skip
+    model = build_model(shape, tokenizer)
     model.save_pretrained(work / "base")
     tokenizer.save_pretrained(work / "base")
     peft_model = get_peft_model(model, peft_lora_config(cfg.lora))
